@@ -1,0 +1,52 @@
+"""Datasets in their official on-disk formats, one file per dataset, and the joint transforms.
+
+``build_dataset(name, root, split=...)`` builds a registered dataset; ``list_datasets()`` names them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from pixelwise.data.base import DATASETS, IGNORE_INDEX, SegmentationDataset, register_dataset
+from pixelwise.errors import PixelwiseError
+
+from pixelwise._imports import import_submodules
+
+import_submodules(__name__, __path__, skip={"base", "transforms", "check"})
+
+
+def build_dataset(name: str, root: str | Path | None = None, split: str = "train", **kwargs: Any):
+    """Build the dataset registered as ``name``; options the class does not take raise clearly."""
+    cls = DATASETS.get(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        valid = ", ".join(p for p in accepted if p not in ("self", "root", "split"))
+        raise PixelwiseError(
+            f"Dataset {name!r} does not take {', '.join(unknown)}; its options are: {valid}."
+        )
+    if root is None:
+        if "root" in accepted and accepted["root"].default is inspect.Parameter.empty:
+            raise PixelwiseError(f"Dataset {name!r} needs a root: the folder of the unpacked download.")
+        return cls(split=split, **kwargs)
+    return cls(root, split=split, **kwargs)
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def dataset_class(name: str) -> type[SegmentationDataset]:
+    return DATASETS.get(name)
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SegmentationDataset",
+    "build_dataset",
+    "dataset_class",
+    "list_datasets",
+    "register_dataset",
+]

@@ -1,0 +1,245 @@
+"""The dataset contract every loader keeps, and the helpers loaders share.
+
+A sample is ``(image, mask)``: image ``uint8`` 3xHxW RGB, mask ``int64`` HxW holding class ids
+``0..C-1`` and 255 for ignore, whatever the dataset's own void convention is. When ``transforms``
+is given it receives and returns the pair (see :mod:`pixelwise.data.transforms`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from pixelwise.errors import PixelwiseError
+from pixelwise.registry import Registry
+
+IGNORE_INDEX = 255
+
+Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+DATASETS: Registry[type["SegmentationDataset"]] = Registry("dataset")
+
+
+def register_dataset(name: str):
+    """Class decorator: register a :class:`SegmentationDataset` subclass under ``name``."""
+
+    def wrap(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
+        DATASETS.add(name, cls)
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+class SegmentationDataset(Dataset):
+    """Base class: a lazily built list of samples, decoded into the ``(image, mask)`` contract.
+
+    Subclasses set ``classes``, ``palette`` and ``splits`` and implement :meth:`build_index`,
+    :meth:`load_image` and :meth:`load_mask`. A sample is whatever ``build_index`` returns for one
+    item, usually ``(image_path, label_path)``.
+    """
+
+    name: ClassVar[str] = ""
+    classes: ClassVar[tuple[str, ...]] = ()
+    palette: ClassVar[tuple[tuple[int, int, int], ...]] = ()
+    splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    ignore_index: ClassVar[int] = IGNORE_INDEX
+    #: Folder names that must exist under ``root``; ``datasets check`` exits 2 when one is absent.
+    expected_folders: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self, root: str | Path, split: str = "train", transforms: Transform | None = None
+    ) -> None:
+        self.root = Path(root).expanduser()
+        if split not in self.splits:
+            raise PixelwiseError(
+                f"Dataset {self.name!r} has no split {split!r}; choose one of {', '.join(self.splits)}."
+            )
+        self.split = split
+        self.transforms = transforms
+        self._samples: list[Any] | None = None
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def build_index(self) -> list[Any]:
+        raise NotImplementedError
+
+    def load_image(self, sample: Any) -> Tensor:
+        raise NotImplementedError
+
+    def load_mask(self, sample: Any) -> Tensor:
+        raise NotImplementedError
+
+    def describe(self, sample: Any) -> str:
+        """A short name of ``sample`` for error messages (the label file by default)."""
+        return str(sample[-1]) if isinstance(sample, tuple | list) else str(sample)
+
+    # -- the contract ------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def samples(self) -> list[Any]:
+        if self._samples is None:
+            self.check_root()
+            self._samples = self.build_index()
+        return self._samples
+
+    def check_root(self) -> None:
+        """Raise when ``root`` is not this dataset at all, naming the folder that was expected."""
+        if not self.root.is_dir():
+            raise PixelwiseError(
+                f"Dataset root {self.root} does not exist; point root at the unpacked {self.name} download."
+            )
+        for folder in self.expected_folders:
+            if not (self.root / folder).exists():
+                raise PixelwiseError(
+                    f"{self.root} is not a {self.name} root: expected the folder {folder}/ inside it; "
+                    "point root at the unpacked download."
+                )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        sample = self.samples[index]
+        image = self.load_image(sample)
+        mask = self.load_mask(sample)
+        if image.shape[-2:] != mask.shape[-2:]:
+            raise PixelwiseError(
+                f"Image and label sizes differ for {self.describe(sample)}: image "
+                f"{tuple(image.shape[-2:])}, label {tuple(mask.shape[-2:])}; fix or remove the pair."
+            )
+        check_mask_values(mask, self.num_classes, self.describe(sample))
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image, mask
+
+    def __repr__(self) -> str:
+        n = len(self._samples) if self._samples is not None else "?"
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, samples={n})"
+
+
+# -- helpers loaders share ---------------------------------------------------------------------
+def read_image(path: Path) -> Tensor:
+    """Decode an image file to ``uint8`` 3xHxW RGB; a corrupt or truncated file names itself."""
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise PixelwiseError(f"Image {path} does not exist; restore it or remove it from the list.") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise PixelwiseError(
+            f"Image {path} could not be decoded ({error}); re-extract it from the original download."
+        ) from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """Decode a label PNG to its raw values (palette PNGs give their indices, never RGB)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16", "1"):
+                raise PixelwiseError(
+                    f"Label {path} is a {img.mode} image; labels must be single-channel index or "
+                    "palette PNGs (convert colour labels through the dataset palette first)."
+                )
+            array = np.asarray(img)
+    except FileNotFoundError:
+        raise PixelwiseError(f"Label {path} does not exist; restore it or remove it from the list.") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise PixelwiseError(
+            f"Label {path} could not be decoded ({error}); re-extract it from the original download."
+        ) from None
+    return array
+
+
+def lookup_table(mapping: dict[int, int], size: int = 256, default: int = IGNORE_INDEX) -> np.ndarray:
+    """An array ``lut`` with ``lut[raw] = mapping.get(raw, default)`` for vectorised id remapping."""
+    lut = np.full(size, default, dtype=np.int64)
+    for raw, train_id in mapping.items():
+        lut[raw] = train_id
+    return lut
+
+
+def to_mask(array: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+
+
+def check_mask_values(mask: Tensor, num_classes: int, where: str) -> None:
+    """Raise when the mask holds a value that is neither a class id nor 255."""
+    bad = (mask >= num_classes) & (mask != IGNORE_INDEX) | (mask < 0)
+    if bool(bad.any()):
+        values = torch.unique(mask[bad])[:5].tolist()
+        raise PixelwiseError(
+            f"Label {where} holds values {values} outside the {num_classes} classes (0..{num_classes - 1}, "
+            "255 = ignore); check that the dataset name and root match the labels."
+        )
+
+
+def parse_list_file(path: Path) -> list[str]:
+    """Non-empty, stripped lines of a split list file, or a clear error when it is absent."""
+    if not path.is_file():
+        raise PixelwiseError(f"Split list {path} does not exist; it ships with the dataset download.")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("PIXELWISE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pixelwise"
+    )
+    return Path(base) / "index"
+
+
+def cached_index(
+    key: Sequence[object], watch: Sequence[Path], build: Callable[[], list[Any]]
+) -> list[Any]:
+    """Build an index once and reuse it while the watched files and folders are unchanged.
+
+    The index is a JSON list (paths stored as strings, tuples as lists) under
+    ``$PIXELWISE_CACHE/index``. A folder's mtime changes when files are added or removed in it, so
+    watching the split's folders (not every file) keeps the check cheap for 100k-file datasets.
+    """
+    stamps = [(str(p), p.stat().st_mtime_ns if p.exists() else None) for p in watch]
+    digest = hashlib.sha1(json.dumps([list(map(str, key)), stamps]).encode()).hexdigest()[:20]
+    path = _cache_dir() / f"{digest}.json"
+    if path.is_file():
+        try:
+            return [_from_json(item) for item in json.loads(path.read_text())]
+        except (OSError, ValueError):
+            pass  # a damaged cache is rebuilt below
+    items = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([_to_json(item) for item in items]))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home still works, just without the cache
+    return items
+
+
+def _to_json(item: Any) -> Any:
+    if isinstance(item, Path):
+        return {"p": str(item)}
+    if isinstance(item, tuple | list):
+        return [_to_json(x) for x in item]
+    return item
+
+
+def _from_json(item: Any) -> Any:
+    if isinstance(item, dict) and set(item) == {"p"}:
+        return Path(item["p"])
+    if isinstance(item, list):
+        return tuple(_from_json(x) for x in item)
+    return item

@@ -1,0 +1,121 @@
+"""CamVid, the 11-class release of the SegNet tutorial (Brostow et al. 2008; Badrinarayanan et al.).
+
+Layout (``root`` = the ``CamVid`` folder)::
+
+    train/ trainannot/ val/ valannot/ test/ testannot/   <seq>_<frame>.png, 480x360
+    train.txt val.txt test.txt     "/SegNet/CamVid/train/X.png /SegNet/CamVid/trainannot/X.png"
+
+Labels are 8-bit grayscale with values 0..10 and 11 = Unlabelled, which becomes 255. The lists'
+absolute ``/SegNet/CamVid/`` prefix is the tutorial's machine; only the part after it is kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pixelwise.data.base import (
+    SegmentationDataset,
+    cached_index,
+    lookup_table,
+    parse_list_file,
+    read_image,
+    read_label_png,
+    register_dataset,
+    to_mask,
+)
+from pixelwise.errors import PixelwiseError
+
+CAMVID11_CLASSES = (
+    "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
+    "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+)  # fmt: skip
+CAMVID11_PALETTE = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)  # fmt: skip
+#: Median-frequency weights of SegNet's ``segnet_train.prototxt``, for comparison with ours.
+SEGNET_CLASS_WEIGHTS = (
+    0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614,
+)  # fmt: skip
+
+_LUT = lookup_table({i: i for i in range(11)})  # 11 (Unlabelled) and anything else -> 255
+
+
+def _relative(path_in_list: str, root: Path, list_file: Path) -> Path:
+    """Map "/SegNet/CamVid/train/X.png" (or "train/X.png") to ``root/train/X.png``."""
+    parts = Path(path_in_list).parts
+    for split_folder_at in range(len(parts) - 1, -1, -1):
+        if parts[split_folder_at].startswith(("train", "val", "test")):
+            return root.joinpath(*parts[split_folder_at:])
+    raise PixelwiseError(
+        f"{list_file} names {path_in_list!r}, which is under no train/val/test folder; "
+        "each line must be 'IMAGE LABEL' as in the SegNet tutorial lists."
+    )
+
+
+@register_dataset("camvid")
+class CamVid(SegmentationDataset):
+    """CamVid 11 classes, 367 train / 101 val / 233 test images at 480x360."""
+
+    classes = CAMVID11_CLASSES
+    palette = CAMVID11_PALETTE
+    splits = ("train", "val", "test", "trainval")
+
+    @property
+    def expected_folders(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(s for split in self._parts() for s in (split, f"{split}annot"))
+
+    def _parts(self) -> tuple[str, ...]:
+        return ("train", "val") if self.split == "trainval" else (self.split,)
+
+    def build_index(self) -> list[tuple[Path, Path]]:
+        watch = [self.root / f"{part}.txt" for part in self._parts()]
+        watch += [self.root / part for part in self._parts()]
+        return cached_index(("camvid", self.root.resolve(), self.split), watch, self._scan)
+
+    def _scan(self) -> list[tuple[Path, Path]]:
+        samples = []
+        for part in self._parts():
+            list_file = self.root / f"{part}.txt"
+            if list_file.is_file():
+                for line in parse_list_file(list_file):
+                    fields = line.split()
+                    if len(fields) != 2:
+                        raise PixelwiseError(
+                            f"{list_file}: line {line!r} should hold 'IMAGE LABEL' separated by a space."
+                        )
+                    samples.append(tuple(_relative(f, self.root, list_file) for f in fields))
+            else:  # no list: pair the folders by file name
+                for image in sorted((self.root / part).glob("*.png")):
+                    samples.append((image, self.root / f"{part}annot" / image.name))
+        return samples
+
+    def load_image(self, sample: tuple[Path, Path]) -> Tensor:
+        return read_image(sample[0])
+
+    def load_mask(self, sample: tuple[Path, Path]) -> Tensor:
+        return to_mask(_LUT[read_label_png(sample[1])])
+
+
+def median_frequency_weights(
+    dataset: SegmentationDataset, *, max_samples: int | None = None
+) -> torch.Tensor:
+    """SegNet's class balancing: ``median(freq) / freq[c]`` with ``freq[c]`` = pixels of ``c``
+    over the pixels of the images in which ``c`` appears (Eigen & Fergus 2015)."""
+    n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    counts = np.zeros(dataset.num_classes, dtype=np.float64)
+    image_pixels = np.zeros(dataset.num_classes, dtype=np.float64)
+    for i in range(n):
+        mask = dataset.load_mask(dataset.samples[i]).numpy().ravel()
+        valid = mask[mask != dataset.ignore_index]
+        hist = np.bincount(valid, minlength=dataset.num_classes)[: dataset.num_classes]
+        counts += hist
+        image_pixels += (hist > 0) * mask.size
+    freq = np.divide(counts, image_pixels, out=np.zeros_like(counts), where=image_pixels > 0)
+    median = np.median(freq[freq > 0])
+    weights = np.divide(median, freq, out=np.zeros_like(freq), where=freq > 0)
+    return torch.tensor(weights, dtype=torch.float32)

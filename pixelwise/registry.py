@@ -1,0 +1,59 @@
+"""One registry type for models and datasets: filled by a decorator, strict about names."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from pixelwise.errors import PixelwiseError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> entry table. Registering a name twice raises; an unknown name lists the valid ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T) -> T:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise PixelwiseError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self._entries, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        valid = ", ".join(sorted(self._entries))
+        return f"Unknown {self.kind} {name!r}.{hint} Valid names: {valid}."
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def decorator_for(registry: Registry[T], name: str, make_entry: Callable[[object], T]):
+    """Return a decorator that registers ``make_entry(obj)`` under ``name`` and returns ``obj``."""
+
+    def wrap(obj):
+        registry.add(name, make_entry(obj))
+        return obj
+
+    return wrap
