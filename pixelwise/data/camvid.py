@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from pixelwise.data.base import (
     SegmentationDataset,
+    apply_lut,
     cached_index,
     lookup_table,
     parse_list_file,
@@ -42,7 +41,8 @@ SEGNET_CLASS_WEIGHTS = (
     0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614,
 )  # fmt: skip
 
-_LUT = lookup_table({i: i for i in range(11)})  # 11 (Unlabelled) and anything else -> 255
+# 0..10 are classes, 11 (Unlabelled) is ignore; any other value is a foreign or corrupt label.
+_LUT = lookup_table({**{i: i for i in range(11)}, 11: 255}, default=-1)
 
 
 def _relative(path_in_list: str, root: Path, list_file: Path) -> Path:
@@ -98,24 +98,5 @@ class CamVid(SegmentationDataset):
         return read_image(sample[0])
 
     def load_mask(self, sample: tuple[Path, Path]) -> Tensor:
-        return to_mask(_LUT[read_label_png(sample[1])])
+        return to_mask(apply_lut(read_label_png(sample[1]), _LUT, sample[1]))
 
-
-def median_frequency_weights(
-    dataset: SegmentationDataset, *, max_samples: int | None = None
-) -> torch.Tensor:
-    """SegNet's class balancing: ``median(freq) / freq[c]`` with ``freq[c]`` = pixels of ``c``
-    over the pixels of the images in which ``c`` appears (Eigen & Fergus 2015)."""
-    n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
-    counts = np.zeros(dataset.num_classes, dtype=np.float64)
-    image_pixels = np.zeros(dataset.num_classes, dtype=np.float64)
-    for i in range(n):
-        mask = dataset.load_mask(dataset.samples[i]).numpy().ravel()
-        valid = mask[mask != dataset.ignore_index]
-        hist = np.bincount(valid, minlength=dataset.num_classes)[: dataset.num_classes]
-        counts += hist
-        image_pixels += (hist > 0) * mask.size
-    freq = np.divide(counts, image_pixels, out=np.zeros_like(counts), where=image_pixels > 0)
-    median = np.median(freq[freq > 0])
-    weights = np.divide(median, freq, out=np.zeros_like(freq), where=freq > 0)
-    return torch.tensor(weights, dtype=torch.float32)

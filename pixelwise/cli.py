@@ -1,0 +1,260 @@
+"""The ``pixelwise`` command: a thin layer over the library.
+
+A :class:`~pixelwise.errors.PixelwiseError` becomes one line on stderr and exit status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from pixelwise.errors import PixelwiseError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixelwise", description="Semantic segmentation networks of 2014-2017, faithful to their papers."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="train a small U-Net on the built-in shapes dataset (CPU, minutes)")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    train = sub.add_parser("train", help="train from a YAML config")
+    train.add_argument("config", help="a YAML file, e.g. configs/enet_camvid.yaml")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
+    train.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on a split")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--split", help="default: the config's val_split")
+    ev.add_argument("--root", help="dataset root (default: the one the run was trained with)")
+    _add_tta(ev)
+    ev.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix picture")
+    ev.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+
+    pr = sub.add_parser("predict", help="segment images with a checkpoint")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--out", required=True, help="folder for <name>_label.png and <name>_overlay.png")
+    _add_tta(pr)
+
+    models = sub.add_parser("models", help="list the networks (name, paper, year, parameters)")
+    models.add_argument("--flops", action="store_true", help="add GFLOPs at the paper's input size")
+
+    datasets = sub.add_parser("datasets", help="list datasets, or check one on disk")
+    dsub = datasets.add_subparsers(dest="action", metavar="ACTION")
+    check = dsub.add_parser("check", help="walk a dataset and report problems and the class histogram")
+    check.add_argument("name")
+    check.add_argument("root")
+    check.add_argument("--split", default="train")
+    check.add_argument("--examples", type=int, default=5, help="examples shown per problem")
+    return parser
+
+
+def _add_tta(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flip", action="store_true", help="average with the horizontal flip")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="sliding-window size")
+    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride")
+    parser.add_argument("--device", default="auto")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PixelwiseError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from pixelwise.config import load_config
+
+    with resources.as_file(resources.files("pixelwise") / "configs" / "demo.yaml") as path:
+        config = load_config(path, args.overrides)
+    return _run_training(config, resume=None)
+
+
+def cmd_train(args) -> int:
+    from pixelwise.config import config_from_dict, load_config
+    from pixelwise.engine.checkpoint import load_checkpoint
+
+    if args.resume:
+        # The run's own config wins; overrides on the command line still apply (e.g. a longer run).
+        from pixelwise.config import apply_overrides
+
+        data = load_checkpoint(args.resume)["config"]
+        apply_overrides(data, args.overrides, args.resume)
+        config = config_from_dict(data, args.resume)
+    else:
+        config = load_config(args.config, args.overrides)
+    return _run_training(config, resume=args.resume)
+
+
+def _run_training(config, resume: str | None) -> int:
+    from pixelwise.engine.train import Trainer
+    from pixelwise.metrics import format_scores
+
+    started = time.perf_counter()
+    trainer = Trainer(config, resume=resume)
+    if trainer.dist.is_main:
+        print(
+            f"training {config.model.name} on {config.data.dataset} ({len(trainer.train_set)} train / "
+            f"{len(trainer.val_set)} val images) for {trainer.total_iters} iterations on "
+            f"{trainer.device}; writing {trainer.run_dir}"
+        )
+    scores = trainer.fit()
+    if not trainer.dist.is_main:
+        return 0
+    if scores is not None:
+        print(format_scores(scores, trainer.classes))
+    print(
+        f"best val mIoU {100 * trainer.best_score:.2f} | {time.perf_counter() - started:.0f} s | "
+        f"run folder {trainer.run_dir} (config.yaml, metrics.jsonl, best.pt, last.pt, "
+        "predictions.png, tensorboard/)"
+    )
+    return 0
+
+
+def _load_for_inference(checkpoint: str, device_name: str):
+    import torch
+
+    from pixelwise.engine.checkpoint import load_checkpoint
+    from pixelwise.engine.train import DistInfo, resolve_device
+    from pixelwise.models import build_model
+
+    payload = load_checkpoint(checkpoint)
+    meta = payload["meta"]
+    device = resolve_device(device_name, DistInfo())
+    model = build_model(meta["model"], meta["num_classes"], **meta.get("model_options", {}))
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    torch.set_grad_enabled(False)
+    return payload, meta, model, device
+
+
+def cmd_eval(args) -> int:
+    from pixelwise.config import config_from_dict
+    from pixelwise.data import build_dataset
+    from pixelwise.data.transforms import build_eval_transforms
+    from pixelwise.engine.evaluate import evaluate
+    from pixelwise.engine.loader import EpochBatchSampler, make_loader
+    from pixelwise.metrics import format_scores
+    from pixelwise.viz import plot_confusion
+
+    payload, meta, model, device = _load_for_inference(args.checkpoint, args.device)
+    cfg = config_from_dict(payload["config"], args.checkpoint)
+    d = cfg.data
+    split = args.split or d.val_split
+    options = d.options if split == d.train_split else {**d.options, **d.val_options}
+    dataset = build_dataset(d.dataset, args.root or d.root, split=split, **options)
+    loader = make_loader(
+        dataset,
+        build_eval_transforms(resize=d.resize, mean=d.mean, std=d.std),
+        EpochBatchSampler(len(dataset), d.val_batch_size if not args.crop else 1, shuffle=False, drop_last=False),
+        d.num_workers,
+    )
+    matrix = evaluate(
+        model, loader, meta["num_classes"], device, scales=args.scales, flip=args.flip,
+        crop=args.crop, stride=args.stride,
+    )  # fmt: skip
+    scores = matrix.compute()
+    print(f"{meta['model']} on {d.dataset} {split} ({len(dataset)} images)")
+    print(format_scores(scores, meta["classes"]))
+    if args.confusion:
+        plot_confusion(matrix.matrix, meta["classes"], Path(args.confusion))
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores.as_dict(), indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from pixelwise.data.base import read_image
+    from pixelwise.data.transforms import normalise_image
+    from pixelwise.engine.inference import predict_probs
+    from pixelwise.viz import overlay, save_label_png, save_png
+
+    payload, meta, model, device = _load_for_inference(args.checkpoint, args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.images:
+        image = read_image(Path(name))
+        x = normalise_image(image, meta["mean"], meta["std"])[None].to(device)
+        probs = predict_probs(model, x, scales=args.scales, flip=args.flip, crop=args.crop, stride=args.stride)
+        label = probs.argmax(1)[0].cpu()
+        stem = Path(name).stem
+        save_label_png(label, meta["palette"], out / f"{stem}_label.png")
+        rgb = image.permute(1, 2, 0).numpy()
+        if rgb.shape[:2] != tuple(label.shape):  # a valid-padding model predicts the centre only
+            top, left = (rgb.shape[0] - label.shape[0]) // 2, (rgb.shape[1] - label.shape[1]) // 2
+            rgb = rgb[top : top + label.shape[0], left : left + label.shape[1]]
+        save_png(overlay(rgb, label, meta["palette"]), out / f"{stem}_overlay.png")
+        print(f"{name} -> {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from pixelwise.models import build_model, list_models, model_info
+    from pixelwise.models.complexity import count_flops, count_parameters
+
+    header = f"{'name':<16} {'year':>4} {'params':>12}"
+    header += f" {'GFLOPs':>9} {'at':>9}" if args.flops else ""
+    print(header + "  paper")
+    for name in list_models():
+        info = model_info(name)
+        model = build_model(name, info.num_classes, **_paper_kwargs(info))
+        line = f"{name:<16} {info.year:>4} {count_parameters(model):>12,}"
+        if args.flops:
+            gflops = count_flops(model, info.input_size, info.in_channels) / 1e9
+            line += f" {gflops:>9.1f} {info.input_size[0]}x{info.input_size[1]:<5}"
+        print(f"{line}  {info.paper}")
+    print("params: learnable parameters at the paper's class count; GFLOPs = 2 x multiply-adds.")
+    return 0
+
+
+def _paper_kwargs(info) -> dict:
+    return {"in_channels": info.in_channels} if info.in_channels != 3 else {}
+
+
+def cmd_datasets(args) -> int:
+    from pixelwise.data import dataset_class, list_datasets
+
+    if args.action == "check":
+        from pixelwise.data.check import check_dataset, format_report
+
+        report = check_dataset(args.name, args.root, args.split, max_examples=args.examples)
+        print(format_report(report))
+        return report.exit_code
+    print(f"{'name':<12} {'classes':>7}  splits")
+    for name in list_datasets():
+        cls = dataset_class(name)
+        print(f"{name:<12} {len(cls.classes):>7}  {', '.join(cls.splits)}")
+    return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "models": cmd_models,
+    "datasets": cmd_datasets,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The loops: training (``train``), evaluation (``evaluate``) and inference (``inference``)."""

@@ -1,0 +1,83 @@
+"""Inference: whole image, sliding window, flip and multi-scale test-time augmentation.
+
+Every path returns class *probabilities* summed over the augmentations at the input's resolution,
+so the variants combine by averaging. Upsampling always uses ``align_corners=False`` — the same
+convention as training — because mixing the two shifts predictions by half a pixel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    out = model(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def sliding_window(model: nn.Module, x: Tensor, crop: Sequence[int], stride: Sequence[int]) -> Tensor:
+    """Average softmax over overlapping ``crop`` windows moved by ``stride``; N×C×H×W.
+
+    An image smaller than the window is padded (zeros on the normalised input) and the padding cut
+    off again, so each window is exactly ``crop`` as in training.
+    """
+    n, _, h, w = x.shape
+    ch, cw = crop
+    sh, sw = stride
+    pad_h, pad_w = max(0, ch - h), max(0, cw - w)
+    x = F.pad(x, (0, pad_w, 0, pad_h))
+    hp, wp = x.shape[-2:]
+    rows = list(range(0, max(hp - ch, 0) + 1, sh))
+    cols = list(range(0, max(wp - cw, 0) + 1, sw))
+    if rows[-1] + ch < hp:
+        rows.append(hp - ch)
+    if cols[-1] + cw < wp:
+        cols.append(wp - cw)
+    total = None
+    count = torch.zeros(1, 1, hp, wp, device=x.device)
+    for top in rows:
+        for left in cols:
+            probs = _logits(model, x[..., top : top + ch, left : left + cw]).softmax(dim=1)
+            if total is None:
+                total = torch.zeros(n, probs.shape[1], hp, wp, device=x.device, dtype=probs.dtype)
+            total[..., top : top + ch, left : left + cw] += probs
+            count[..., top : top + ch, left : left + cw] += 1
+    return (total / count)[..., :h, :w]
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    crop: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+) -> Tensor:
+    """Class probabilities N×C×H×W averaged over scales (and horizontal flips when ``flip``)."""
+    h, w = x.shape[-2:]
+    total: Tensor | None = None
+    views = 0
+    for scale in scales:
+        xs = x if scale == 1.0 else F.interpolate(
+            x, scale_factor=scale, mode="bilinear", align_corners=False
+        )
+        for flipped in (False, True) if flip else (False,):
+            xi = xs.flip(-1) if flipped else xs
+            if crop is not None:
+                probs = sliding_window(model, xi, crop, stride or crop)
+            else:
+                probs = _logits(model, xi).softmax(dim=1)
+            if flipped:
+                probs = probs.flip(-1)
+            if probs.shape[-2:] != (h, w):
+                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+            total = probs if total is None else total + probs
+            views += 1
+    assert total is not None
+    return total / views

@@ -1,0 +1,110 @@
+"""Data loading that is reproducible across workers, processes and resumes.
+
+Each epoch's order is a permutation drawn from ``(seed, epoch)``, sharded across distributed ranks,
+and every sample's augmentation is drawn from its own seed ``(seed, epoch, position)``. So the
+batches and augmentations of step k are the same whether a run went straight through, was resumed
+at any step, or used any number of loader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(index, sample_seed)`` for one epoch, starting at batch ``start``.
+
+    Args:
+        size: samples in the dataset.
+        batch_size: per process.
+        seed, epoch: what the permutation is drawn from.
+        shuffle: False keeps the dataset order (evaluation).
+        drop_last: drop the last incomplete batch (training, so BN never sees a batch of 1).
+        rank, world_size: this process's shard of a distributed run.
+        start: batches to skip (resuming in the middle of an epoch).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+    ) -> None:
+        self.size, self.batch_size = size, batch_size
+        self.seed, self.epoch, self.shuffle, self.drop_last = seed, epoch, shuffle, drop_last
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        if self.world_size > 1:
+            # Every rank gets the same number of samples (as DistributedSampler does, by wrapping).
+            per_rank = -(-self.size // self.world_size)
+            order = (order * 2)[: per_rank * self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        shard = self._shard()
+        for b in range(self.start, len(self)):
+            positions = range(b * self.batch_size, min((b + 1) * self.batch_size, len(shard)))
+            base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+            yield [(shard[p], base + p * self.world_size + self.rank) for p in positions]
+
+    def __len__(self) -> int:
+        n = len(self._shard()) if self.world_size > 1 else self.size
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class SeededTransforms(Dataset):
+    """Wraps a dataset whose items are ``(index, seed)``: seeds torch's RNG, then transforms."""
+
+    def __init__(self, dataset: Dataset, transforms: Transform | None) -> None:
+        self.dataset = dataset
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        index, seed = item
+        image, mask = self.dataset[index]
+        if self.transforms is None:
+            return image, mask
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return self.transforms(image, mask)
+        finally:
+            torch.set_rng_state(state)  # in the main process (workers=0) leave the caller's RNG as it was
+
+
+def make_loader(
+    dataset: Dataset,
+    transforms: Transform | None,
+    sampler: EpochBatchSampler,
+    num_workers: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    return DataLoader(
+        SeededTransforms(dataset, transforms),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )

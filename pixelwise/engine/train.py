@@ -1,0 +1,483 @@
+"""The training engine: build everything from a :class:`~pixelwise.config.Config`, then fit.
+
+The loop is per iteration (schedules, logging, evaluation in iterations or epochs); a checkpoint
+holds model, optimizer, scheduler, scaler, step, RNG states, best score and config, so ``resume``
+continues to the same parameters as an uninterrupted run. Under ``torchrun`` the model is wrapped in
+DistributedDataParallel, each rank reads its shard, metrics are all-reduced, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pixelwise.config import Config, config_from_dict, dump_config
+from pixelwise.data import build_dataset
+from pixelwise.data.base import SegmentationDataset
+from pixelwise.data.transforms import build_eval_transforms, build_train_transforms
+from pixelwise.engine.checkpoint import (
+    capture_rng,
+    check_compatible,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from pixelwise.engine.evaluate import _amp_dtype, evaluate
+from pixelwise.engine.loader import EpochBatchSampler, make_loader
+from pixelwise.engine.schedule import build_optimizer, build_scheduler
+from pixelwise.errors import PixelwiseError
+from pixelwise.losses import build_loss, match_target
+from pixelwise.metrics import Scores, format_scores
+from pixelwise.models import build_model
+from pixelwise.viz import denormalise, prediction_grid, save_png
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1); else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device_name != "cpu" and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PixelwiseError(f"train.device is {name!r} but no CUDA device is visible; use cpu or auto.")
+        if info.world_size > 1:
+            return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+def resolve_weights(name: str | None):
+    """A torchvision enum name ("VGG16_Weights.IMAGENET1K_V1") or a path; None stays None."""
+    if name is None:
+        return None
+    if Path(name).expanduser().is_file():
+        return str(Path(name).expanduser())
+    if "_Weights." in name:
+        from torchvision.models import get_weight
+
+        try:
+            return get_weight(name)
+        except (ValueError, KeyError, AttributeError):
+            pass
+    raise PixelwiseError(
+        f"model.weights_backbone {name!r} is neither a file nor a torchvision weights name such as "
+        "'VGG16_Weights.IMAGENET1K_V1'; fix the path or the name, or set it to null."
+    )
+
+
+def build_datasets(cfg: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
+    d = cfg.data
+    train = build_dataset(d.dataset, d.root, split=d.train_split, **d.options)
+    val = build_dataset(d.dataset, d.root, split=d.val_split, **{**d.options, **d.val_options})
+    if len(train) == 0:
+        raise PixelwiseError(
+            f"Dataset {d.dataset!r} split {d.train_split!r} under {d.root} holds no samples; check data.root."
+        )
+    return train, val
+
+
+def class_weights_for(cfg: Config, dataset: SegmentationDataset) -> Tensor | None:
+    """``loss.class_weights``: null, a list, or computed from the training labels."""
+    spec = cfg.loss.class_weights
+    if spec is None:
+        return None
+    if isinstance(spec, list):
+        if len(spec) != dataset.num_classes:
+            raise PixelwiseError(
+                f"loss.class_weights has {len(spec)} values but {cfg.data.dataset} has "
+                f"{dataset.num_classes} classes; give one weight per class."
+            )
+        return torch.tensor(spec, dtype=torch.float32)
+    from pixelwise.class_weights import (
+        class_pixel_counts,
+        enet_class_weights,
+        median_frequency_weights_from_counts,
+    )
+
+    counts, image_pixels = class_pixel_counts(dataset)
+    if spec == "median_frequency":
+        return median_frequency_weights_from_counts(counts, image_pixels).float()
+    return enet_class_weights(counts).float()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def new_run_dir(out_dir: str, name: str) -> Path:
+    """``out_dir/name``, or ``name-2``, ``name-3`` ... so an earlier run is never overwritten."""
+    base = Path(out_dir) / name
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{name}-{n}")
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag checked after each step, so the step finishes and the run
+    saves a resumable checkpoint instead of dying mid-write."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    amp: bool,
+    aux: bool,
+) -> float:
+    device = images.device
+    with torch.autocast(device.type, dtype=_amp_dtype(device), enabled=amp):
+        output = model(images, return_aux=True) if aux else model(images)
+        loss = criterion(output, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
+class Trainer:
+    """Everything one run needs, built from a config. ``fit()`` trains and returns the best scores.
+
+    Args:
+        config: the run configuration.
+        run_dir: where to write; default a new folder ``train.out_dir/name``.
+        resume: a ``last.pt`` to continue from (its folder becomes the run folder).
+        progress: show tqdm bars (default: only on a terminal).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        run_dir: str | Path | None = None,
+        resume: str | Path | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        self.cfg = config
+        self.dist = init_distributed(config.train.device)
+        self.device = resolve_device(config.train.device, self.dist)
+        self.progress = progress
+        checkpoint = load_checkpoint(resume) if resume else None
+        torch.manual_seed(config.train.seed)
+        np.random.seed(config.train.seed)
+
+        self.train_set, self.val_set = build_datasets(config)
+        self.classes = list(self.train_set.classes)
+        self.num_classes = config.model.num_classes or self.train_set.num_classes
+        if self.num_classes != self.train_set.num_classes:
+            raise PixelwiseError(
+                f"model.num_classes is {self.num_classes} but {config.data.dataset} has "
+                f"{self.train_set.num_classes} classes; remove model.num_classes or fix it."
+            )
+        d = config.data
+        self.train_transforms = build_train_transforms(
+            crop_size=d.crop_size, resize=d.resize, scale_range=d.scale_range, hflip=d.hflip,
+            color_jitter=d.color_jitter, mean=d.mean, std=d.std,
+        )  # fmt: skip
+        self.eval_transforms = build_eval_transforms(resize=d.resize, mean=d.mean, std=d.std)
+
+        self.model = build_model(
+            config.model.name,
+            self.num_classes,
+            **config.model.options,
+            **({"weights_backbone": resolve_weights(config.model.weights_backbone)}
+               if config.model.weights_backbone else {}),
+        ).to(self.device)  # fmt: skip
+        if config.train.sync_bn and self.dist.world_size > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if config.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.criterion = build_loss(
+            config.loss.name,
+            class_weights=class_weights_for(config, self.train_set),
+            top_k=config.loss.top_k,
+            aux_weights=config.loss.aux_weights,
+        ).to(self.device)
+        self.optimizer = build_optimizer(self.model.parameters(), config.optim)
+        self.iters_per_epoch = EpochBatchSampler(
+            len(self.train_set), d.batch_size, rank=self.dist.rank, world_size=self.dist.world_size
+        ).__len__()
+        if self.iters_per_epoch == 0:
+            raise PixelwiseError(
+                f"data.batch_size {d.batch_size} is larger than the {len(self.train_set)} training "
+                "samples; lower the batch size."
+            )
+        t = config.train
+        self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
+        self.scheduler = build_scheduler(
+            self.optimizer, config.schedule, self.total_iters, self.iters_per_epoch
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=t.amp and self.device.type == "cuda"
+        )
+        self.step = 0
+        self.best_score = -math.inf
+        self.history: list[dict[str, Any]] = []
+        if checkpoint is not None:
+            self._restore(checkpoint, str(resume))
+            self.run_dir = Path(resume).parent
+        elif self.dist.is_main:
+            self.run_dir = Path(run_dir) if run_dir else new_run_dir(t.out_dir, config.name)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.run_dir = Path(run_dir or t.out_dir)
+        self.net: nn.Module = self.model
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if t.compile:
+            self.net = torch.compile(self.net)
+        self.writer = None
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {
+            "model": self.cfg.model.name,
+            "num_classes": self.num_classes,
+            "classes": self.classes,
+            "palette": [list(c) for c in self.train_set.palette],
+            "dataset": self.cfg.data.dataset,
+            "mean": list(self.cfg.data.mean),
+            "std": list(self.cfg.data.std),
+            "model_options": dict(self.cfg.model.options),
+        }
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best_score": self.best_score,
+            "rng": capture_rng(),
+            "config": self.cfg.to_dict(),
+            "meta": self.meta(),
+        }
+
+    def save(self, name: str) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        path = self.run_dir / name
+        save_checkpoint(path, self._payload())
+        return path
+
+    def _restore(self, payload: dict[str, Any], source: str) -> None:
+        check_compatible(payload["meta"], self.cfg.model.name, self.num_classes, source)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.step = int(payload["step"])
+        self.best_score = float(payload["best_score"])
+        restore_rng(payload["rng"])
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _train_loader(self, epoch: int, start: int):
+        d = self.cfg.data
+        sampler = EpochBatchSampler(
+            len(self.train_set), d.batch_size, seed=self.cfg.train.seed, epoch=epoch,
+            rank=self.dist.rank, world_size=self.dist.world_size, start=start,
+        )  # fmt: skip
+        return make_loader(
+            self.train_set, self.train_transforms, sampler, d.num_workers, self.device.type == "cuda"
+        )
+
+    def _val_loader(self):
+        d = self.cfg.data
+        sampler = EpochBatchSampler(
+            len(self.val_set), d.val_batch_size, shuffle=False, drop_last=False,
+            rank=self.dist.rank, world_size=self.dist.world_size,
+        )  # fmt: skip
+        return make_loader(self.val_set, self.eval_transforms, sampler, d.num_workers)
+
+    def _should_eval(self, end_of_epoch: bool) -> bool:
+        t = self.cfg.train
+        if self.step >= self.total_iters:
+            return True
+        if t.epochs is not None:
+            return end_of_epoch and (self.step // self.iters_per_epoch) % t.eval_every == 0
+        return self.step % t.eval_every == 0
+
+    def fit(self, max_steps: int | None = None) -> Scores | None:
+        """Train until ``train.iters``/``epochs`` (or ``max_steps``, or a stop signal); returns the
+        scores of the last evaluation (None when none ran)."""
+        if self.dist.is_main:
+            dump_config(self.cfg, self.run_dir / "config.yaml")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        stop_at = self.total_iters if max_steps is None else min(max_steps, self.total_iters)
+        last_scores: Scores | None = None
+        show = self.dist.is_main and self.progress is not False
+        bar = tqdm(
+            total=stop_at, initial=self.step, desc=self.cfg.name, dynamic_ncols=True,
+            disable=None if self.progress is None else not show, leave=False,
+        )  # fmt: skip
+        self.net.train()
+        aux = bool(self.cfg.loss.aux_weights)
+        seen, tick = 0, time.perf_counter()
+        with _StopRequest() as stop:
+            while self.step < stop_at and not stop.requested:
+                epoch, start = divmod(self.step, self.iters_per_epoch)
+                for images, targets in self._train_loader(epoch, start):
+                    images = images.to(self.device, non_blocking=True)
+                    if self.cfg.train.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    targets = targets.to(self.device, non_blocking=True)
+                    loss = train_step(
+                        self.net, self.criterion, self.optimizer, self.scaler, images, targets,
+                        amp=self.cfg.train.amp, aux=aux,
+                    )  # fmt: skip
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.scheduler.step()
+                    self.step += 1
+                    seen += images.shape[0] * self.dist.world_size
+                    if not math.isfinite(loss):
+                        self.save("last.pt")
+                        raise PixelwiseError(
+                            f"The loss became {loss} at step {self.step}; lower optim.lr "
+                            f"(now {self.cfg.optim.lr}) or check the labels."
+                        )
+                    if self.step % self.cfg.train.log_every == 0 or self.step == stop_at:
+                        speed = seen / max(1e-9, time.perf_counter() - tick)
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+                        self._log_scalars({"train/loss": loss, "train/lr": lr, "train/images_per_s": speed})
+                    bar.update(1)
+                    end_of_epoch = self.step % self.iters_per_epoch == 0
+                    if self._should_eval(end_of_epoch) and self.cfg.train.iters is not None:
+                        last_scores = self.validate()
+                    if self.step >= stop_at or stop.requested:
+                        break
+                if self.cfg.train.epochs is not None and self.step % self.iters_per_epoch == 0:
+                    if self._should_eval(True):
+                        last_scores = self.validate()
+            self.save("last.pt")
+        bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return last_scores
+
+    def _log_scalars(self, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, self.step)
+
+    def validate(self) -> Scores:
+        """Evaluate on the validation split, log, write pictures, keep the best checkpoint."""
+        matrix = evaluate(
+            self.net, self._val_loader(), self.num_classes, self.device,
+            amp=self.cfg.train.amp, channels_last=self.cfg.train.channels_last,
+        )  # fmt: skip
+        scores = matrix.compute()
+        if not self.dist.is_main:
+            return scores
+        record = {"step": self.step, "epoch": self.step / self.iters_per_epoch, **scores.as_dict()}
+        self.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._log_scalars(
+            {"val/mIoU": scores.mean_iou, "val/pixel_accuracy": scores.pixel_accuracy,
+             "val/mean_accuracy": scores.mean_accuracy, "val/fwIoU": scores.fw_iou}
+        )  # fmt: skip
+        grid = self.prediction_picture()
+        save_png(grid, self.run_dir / "predictions.png")
+        if self.writer is not None:
+            self.writer.add_image("val/predictions", grid, self.step, dataformats="HWC")
+        tqdm.write(f"step {self.step}: val mIoU {100 * scores.mean_iou:.2f}")
+        if scores.mean_iou > self.best_score:
+            self.best_score = scores.mean_iou
+            self.save("best.pt")
+        self.save("last.pt")
+        return scores
+
+    @torch.no_grad()
+    def prediction_picture(self) -> np.ndarray:
+        """image | ground truth | prediction for the first ``vis_samples`` validation images."""
+        n = min(self.cfg.train.vis_samples, len(self.val_set))
+        model = unwrap(self.net)
+        was_training = model.training
+        model.eval()
+        images, targets, predictions = [], [], []
+        for i in range(n):
+            image, target = self.eval_transforms(*self.val_set[i])
+            logits = model(image[None].to(self.device))
+            images.append(denormalise(image, self.cfg.data.mean, self.cfg.data.std))
+            predictions.append(logits.argmax(1)[0].cpu())
+            targets.append(match_target(logits, target[None])[0])
+            if images[-1].shape[:2] != tuple(predictions[-1].shape):
+                images[-1] = images[-1][tuple(_centre_slices(images[-1].shape[:2], predictions[-1].shape))]
+        model.train(was_training)
+        return prediction_grid(images, targets, predictions, self.train_set.palette)
+
+
+def _centre_slices(size: tuple[int, int], crop: tuple[int, int]) -> list[slice]:
+    return [slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(size, crop)]
+
+
+def config_from_checkpoint(payload: dict[str, Any]) -> Config:
+    return config_from_dict(payload["config"], "checkpoint config")
+
+
+def print_scores(scores: Scores, classes: list[str]) -> None:
+    print(format_scores(scores, classes))

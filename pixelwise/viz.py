@@ -1,0 +1,98 @@
+"""Pictures: palette colouring, overlays, prediction grids and confusion-matrix plots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from pixelwise.data.base import IGNORE_INDEX
+
+IGNORE_COLOUR = (255, 255, 255)
+
+
+def palette_array(palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """256×3 uint8 lookup: the class colours, white for ignore (255), black for the rest."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    table[IGNORE_INDEX] = IGNORE_COLOUR
+    return table
+
+
+def colorize(mask: Tensor | np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """H×W class ids -> H×W×3 uint8 RGB."""
+    ids = mask.cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    return palette_array(palette)[np.clip(ids, 0, 255).astype(np.uint8)]
+
+
+def denormalise(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalised 3×H×W float tensor back to H×W×3 uint8 for display."""
+    x = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def overlay(image: np.ndarray, mask: Tensor | np.ndarray, palette, alpha: float = 0.5) -> np.ndarray:
+    """Blend the coloured mask over the RGB image; ignored pixels keep the image."""
+    colours = colorize(mask, palette).astype(np.float32)
+    ids = mask.cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    weight = np.where(ids == IGNORE_INDEX, 0.0, alpha)[..., None]
+    return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
+
+
+def prediction_grid(
+    images: Sequence[np.ndarray],
+    targets: Sequence[Tensor | np.ndarray],
+    predictions: Sequence[Tensor | np.ndarray],
+    palette: Sequence[Sequence[int]],
+    gap: int = 4,
+) -> np.ndarray:
+    """Rows of image | ground truth | prediction, separated by white gaps."""
+    rows = []
+    for image, target, prediction in zip(images, targets, predictions):
+        h = image.shape[0]
+        spacer = np.full((h, gap, 3), 255, dtype=np.uint8)
+        rows.append(
+            np.concatenate(
+                [image, spacer, colorize(target, palette), spacer, colorize(prediction, palette)], axis=1
+            )
+        )
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(padded, axis=0)[:-gap]
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path)
+
+
+def save_label_png(mask: Tensor | np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> None:
+    """A palette ("P") PNG whose pixel values are the class ids, viewable in colour anywhere."""
+    ids = mask.cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    image = Image.fromarray(ids.astype(np.uint8), mode="P")
+    image.putpalette(palette_array(palette).ravel().tolist())
+    image.save(path)
+
+
+def plot_confusion(matrix: Tensor, classes: Sequence[str], path: Path) -> None:
+    """Row-normalised confusion matrix as a heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = matrix.double().cpu()
+    m = (m / m.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
+    size = max(4, 0.4 * len(classes))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
