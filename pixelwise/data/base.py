@@ -79,6 +79,10 @@ class SegmentationDataset(Dataset):
     def load_mask(self, sample: Any) -> Tensor:
         raise NotImplementedError
 
+    def load_pair(self, sample: Any) -> tuple[Tensor, Tensor]:
+        """Image and mask of one sample; override when both come from one decode."""
+        return self.load_image(sample), self.load_mask(sample)
+
     def describe(self, sample: Any) -> str:
         """A short name of ``sample`` for error messages (the label file by default)."""
         return str(sample[-1]) if isinstance(sample, tuple | list) else str(sample)
@@ -113,8 +117,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         sample = self.samples[index]
-        image = self.load_image(sample)
-        mask = self.load_mask(sample)
+        image, mask = self.load_pair(sample)
         if image.shape[-2:] != mask.shape[-2:]:
             raise PixelwiseError(
                 f"Image and label sizes differ for {self.describe(sample)}: image "
@@ -170,6 +173,60 @@ def lookup_table(mapping: dict[int, int], size: int = 256, default: int = IGNORE
     for raw, train_id in mapping.items():
         lut[raw] = train_id
     return lut
+
+
+def apply_lut(
+    raw: np.ndarray, lut: np.ndarray, path: Path, what: str = "label values"
+) -> np.ndarray:
+    """``lut[raw]``, raising when a raw value maps to -1 (a value the dataset never uses).
+
+    Build ``lut`` with ``lookup_table(mapping, default=-1)`` and map the void values explicitly,
+    so that a corrupt or foreign label file is reported instead of silently becoming ignore.
+    """
+    out = lut[raw]
+    bad = out < 0
+    if bool(bad.any()):
+        values = np.unique(raw[bad])[:5].tolist()
+        raise PixelwiseError(
+            f"Label {path} holds {what} {values} that this dataset does not define; check that the "
+            "dataset name and root match the labels, or re-extract the file."
+        )
+    return out
+
+
+def rgb_to_index(
+    rgb: np.ndarray, colours: Sequence[Sequence[int]], values: Sequence[int], path: Path
+) -> np.ndarray:
+    """Map an HxWx3 colour label to ``values[k]`` where the pixel has ``colours[k]``.
+
+    Vectorised: each colour becomes one 24-bit integer, looked up with ``np.searchsorted`` in the
+    sorted codes of the table. A colour not in the table raises, naming the file and the colour.
+    """
+    table = np.asarray(colours, dtype=np.int64).reshape(-1, 3)
+    table_codes = (table[:, 0] << 16) | (table[:, 1] << 8) | table[:, 2]
+    order = np.argsort(table_codes)
+    sorted_codes = table_codes[order]
+    sorted_values = np.asarray(values, dtype=np.int64)[order]
+    pixels = rgb[..., :3].astype(np.int64)
+    codes = (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
+    position = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+    unknown = sorted_codes[position] != codes
+    if bool(unknown.any()):
+        code = int(codes[unknown][0])
+        colour = (code >> 16, (code >> 8) & 255, code & 255)
+        raise PixelwiseError(
+            f"Label {path} holds the colour {colour}, which is not in the palette; add it to the "
+            "class table or fix the label."
+        )
+    return sorted_values[position]
+
+
+def file_names(folder: Path) -> set[str]:
+    """Names of the entries in ``folder`` (empty when absent): one listing, not a stat per file."""
+    try:
+        return set(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
 
 
 def to_mask(array: np.ndarray) -> Tensor:
