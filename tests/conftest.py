@@ -1,0 +1,25 @@
+"""Shared fixtures: every test gets its own index cache, and torch uses few threads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PIXELWISE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return SHARED
