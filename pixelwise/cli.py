@@ -68,7 +68,14 @@ def _add_tta(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may follow options (`train c.yaml --resume last.pt optim.lr=0.1`): argparse leaves
+    # them over, and they are taken back here when they look like key=value.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     try:
         return COMMANDS[args.command](args)
     except PixelwiseError as error:
@@ -132,8 +139,6 @@ def _run_training(config, resume: str | None) -> int:
 
 
 def _load_for_inference(checkpoint: str, device_name: str):
-    import torch
-
     from pixelwise.engine.checkpoint import load_checkpoint
     from pixelwise.engine.train import DistInfo, resolve_device
     from pixelwise.models import build_model
@@ -144,7 +149,6 @@ def _load_for_inference(checkpoint: str, device_name: str):
     model = build_model(meta["model"], meta["num_classes"], **meta.get("model_options", {}))
     model.load_state_dict(payload["model"])
     model.to(device).eval()
-    torch.set_grad_enabled(False)
     return payload, meta, model, device
 
 

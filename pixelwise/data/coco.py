@@ -1,0 +1,277 @@
+"""MS COCO 2017 instance annotations rasterised into semantic masks (Lin et al. 2014).
+
+Layout (``root`` = the folder holding the unpacked archives)::
+
+    train2017/000000000009.jpg ...   118,287 images      (train2017.zip)
+    val2017/...                        5,000 images      (val2017.zip)
+    annotations/instances_train2017.json, instances_val2017.json   (annotations_trainval2017.zip)
+
+The JSON holds ``images`` (id, file_name, height, width), ``categories`` (80 things, ids 1..90
+with gaps) and ``annotations`` (image_id, category_id, iscrowd, area, bbox ``[x, y, w, h]``,
+segmentation = a list of polygons, or RLE ``{size: [h, w], counts}`` with ``counts`` a list of run
+lengths ("uncompressed", the crowd regions) or a string (compressed)). It is parsed once, lazily,
+with ``pycocotools.COCO``; pycocotools decodes all three segmentation encodings.
+
+Semantic masks (decisions; torchvision's ``references/segmentation/coco_utils.py`` is the common
+derivation and we follow it except where noted):
+
+* ``class_set="voc"``: the 20 PASCAL VOC classes + background, 21 classes, through torchvision's
+  ``CAT_LIST`` (``VOC_CATEGORY_IDS``); annotations of other categories are left out, so their
+  pixels are background, exactly as in torchvision.
+* ``class_set="all"``: background 0 + the 80 things in category-id order (1..80), 81 classes,
+  the same convention as the "voc" set and as Mask R-CNN's labels.
+* Pixels with no instance are background (0).
+* Crowd regions (``iscrowd=1``) of a kept category -> 255, whatever lies under them (torchvision
+  paints crowds as their class; they are not individual objects, so we do not train on them).
+* Pixels covered by instances of *different* classes -> 255 (torchvision marks any overlap, even of
+  two instances of one class; an overlap within a class is unambiguous, so we keep it).
+* Images whose kept annotations cover a total ``area`` of at most ``min_area`` pixels are dropped;
+  by default 1000 for ``train`` (torchvision's ``_coco_remove_images_without_annotations``) and
+  none for ``val`` (all 5,000 images are kept, empty ones as all-background).
+
+:meth:`COCO.load_instances` returns the Mask R-CNN target of one image from the same reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pixelwise.data.base import (
+    IGNORE_INDEX,
+    SegmentationDataset,
+    Transform,
+    read_image,
+    register_dataset,
+    to_mask,
+)
+from pixelwise.data.coco_stuff import COCOSTUFF_NAMES, UNUSED_IDS
+from pixelwise.data.sunrgbd import voc_colormap
+from pixelwise.errors import PixelwiseError
+
+#: The 80 COCO thing category ids in order (1..90 without the ten ids COCO never used; id 91,
+#: "hair brush", exists only in COCO-Stuff).
+COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in UNUSED_IDS)
+COCO80_CLASSES = tuple(COCOSTUFF_NAMES[i - 1] for i in COCO_CATEGORY_IDS)
+#: torchvision's CAT_LIST: the COCO category id of each VOC class (0 = background).
+VOC_CATEGORY_IDS = (0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
+VOC21_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+#: torchvision drops training images whose annotations cover no more than this many pixels.
+TORCHVISION_MIN_AREA = 1000
+
+
+def category_to_class(class_set: str) -> dict[int, int]:
+    """COCO category id -> our class id (background is 0 and has no category)."""
+    if class_set == "voc":
+        return {cat: index for index, cat in enumerate(VOC_CATEGORY_IDS) if cat}
+    if class_set == "all":
+        return {cat: index + 1 for index, cat in enumerate(COCO_CATEGORY_IDS)}
+    raise PixelwiseError(f"COCO class_set must be 'voc' or 'all', not {class_set!r}.")
+
+
+def compose_semantic(
+    instances: list[tuple[np.ndarray, int, bool]], height: int, width: int
+) -> np.ndarray:
+    """Paint ``(mask, class, is_crowd)`` instances into an int64 HxW semantic mask.
+
+    Background is 0; a pixel claimed by two different classes, or inside a crowd region, is 255.
+    One vectorised pass per instance, no per-pixel Python.
+    """
+    semantic = np.zeros((height, width), dtype=np.int64)
+    conflict = np.zeros((height, width), dtype=bool)
+    crowd = np.zeros((height, width), dtype=bool)
+    for mask, cls, is_crowd in instances:
+        region = mask.astype(bool)
+        if is_crowd:
+            crowd |= region
+            continue
+        conflict |= region & (semantic != 0) & (semantic != cls)
+        semantic[region & (semantic == 0)] = cls
+    semantic[conflict | crowd] = IGNORE_INDEX
+    return semantic
+
+
+@register_dataset("coco")
+class COCO(SegmentationDataset):
+    """COCO 2017 as semantic segmentation (VOC-20 or all 80 things) and as instances.
+
+    Args:
+        root: folder holding ``train2017/``, ``val2017/`` and ``annotations/``.
+        split: ``"train"`` or ``"val"``.
+        transforms: joint transform of ``(image, mask)``.
+        class_set: ``"voc"`` (21 classes) or ``"all"`` (81 classes); see the module docstring.
+        min_area: drop images whose kept annotations cover at most this many pixels; ``None`` =
+            1000 for train and keep everything for val; a negative value keeps everything.
+        year: ``2017`` or ``2014`` (``train2014/`` and ``instances_train2014.json``).
+    """
+
+    classes = VOC21_CLASSES
+    palette = voc_colormap(len(VOC21_CLASSES), skip_first=False)
+    splits = ("train", "val")
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transforms: Transform | None = None,
+        *,
+        class_set: str = "voc",
+        min_area: float | None = None,
+        year: int = 2017,
+    ) -> None:
+        super().__init__(root, split, transforms)
+        self.class_set = class_set
+        self.category_map = category_to_class(class_set)
+        if class_set == "all":
+            self.classes = ("background", *COCO80_CLASSES)  # type: ignore[misc]
+            self.palette = voc_colormap(len(self.classes), skip_first=False)  # type: ignore[misc]
+        if min_area is None:
+            min_area = TORCHVISION_MIN_AREA if split == "train" else -1
+        self.min_area = float(min_area)
+        self.year = year
+        self.image_folder = f"{split}{year}"
+        self.annotation_file = self.root / "annotations" / f"instances_{split}{year}.json"
+        self._coco: Any = None
+
+    @property
+    def expected_folders(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.image_folder, "annotations")
+
+    @property
+    def coco(self) -> Any:
+        """The parsed annotation file (``pycocotools.coco.COCO``), loaded on first use."""
+        if self._coco is None:
+            from pycocotools.coco import COCO as CocoApi
+
+            if not self.annotation_file.is_file():
+                raise PixelwiseError(
+                    f"{self.annotation_file} does not exist; unpack annotations_trainval{self.year}"
+                    f".zip into {self.root}."
+                )
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                    self._coco = CocoApi(str(self.annotation_file))
+            except (ValueError, KeyError, TypeError) as error:
+                raise PixelwiseError(
+                    f"{self.annotation_file} is not a COCO instances file ({error!r}); download "
+                    "it again."
+                ) from None
+        return self._coco
+
+    def build_index(self) -> list[tuple[Path, int]]:
+        coco = self.coco
+        samples = []
+        for image_id in sorted(coco.getImgIds()):
+            if self.min_area >= 0:
+                area = sum(
+                    float(ann.get("area", 0.0))
+                    for ann in coco.imgToAnns.get(image_id, [])
+                    if ann["category_id"] in self.category_map
+                )
+                if area <= self.min_area:
+                    continue
+            info = coco.imgs[image_id]
+            samples.append((self.root / self.image_folder / info["file_name"], int(image_id)))
+        return samples
+
+    def describe(self, sample: tuple[Path, int]) -> str:
+        return f"{sample[0]} (image id {sample[1]} in {self.annotation_file.name})"
+
+    def sample_files(self, sample: tuple[Path, int]) -> dict[str, Path]:
+        """The files a sample is read from, for ``datasets check``."""
+        return {"image": sample[0], "label": self.annotation_file}
+
+    # -- decoding ----------------------------------------------------------------------------
+    def _instances(self, image_id: int) -> list[tuple[dict[str, Any], int, np.ndarray]]:
+        """``(annotation, class id, HxW uint8 mask)`` of the kept annotations of one image."""
+        coco = self.coco
+        found = []
+        for ann in coco.imgToAnns.get(image_id, []):
+            category = ann["category_id"]
+            if category not in coco.cats:
+                raise PixelwiseError(
+                    f"{self.annotation_file}: annotation {ann.get('id')} of image {image_id} has "
+                    f"category_id {category}, which 'categories' does not define; fix the file."
+                )
+            cls = self.category_map.get(category)
+            if cls is None and self.class_set == "all":
+                raise PixelwiseError(
+                    f"{self.annotation_file}: category_id {category} is not one of the 80 COCO "
+                    "things; class_set='all' expects the official categories."
+                )
+            if cls is None:
+                continue  # outside the VOC set: background, as torchvision does
+            try:
+                with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation, not ours
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    mask = coco.annToMask(ann)
+            except (TypeError, ValueError, KeyError, IndexError) as error:
+                raise PixelwiseError(
+                    f"{self.annotation_file}: annotation {ann.get('id')} of image {image_id} has an "
+                    f"undecodable segmentation ({error!r}); fix or remove it."
+                ) from None
+            found.append((ann, cls, mask))
+        return found
+
+    def load_image(self, sample: tuple[Path, int]) -> Tensor:
+        return read_image(sample[0])
+
+    def load_mask(self, sample: tuple[Path, int]) -> Tensor:
+        info = self.coco.imgs[sample[1]]
+        instances = [
+            (mask, cls, bool(ann.get("iscrowd", 0)))
+            for ann, cls, mask in self._instances(sample[1])
+        ]
+        return to_mask(compose_semantic(instances, int(info["height"]), int(info["width"])))
+
+    def load_instances(self, index: int, *, include_crowd: bool = False) -> dict[str, Tensor]:
+        """The Mask R-CNN target of sample ``index`` (torchvision's detection format).
+
+        Returns ``boxes`` (N, 4) float32 xyxy clamped to the image, ``labels`` (N,) int64 class ids
+        of this class set (1..20 or 1..80; 0 is background), ``masks`` (N, H, W) uint8, ``iscrowd``,
+        ``area`` and ``image_id``. Crowd regions are left out unless ``include_crowd`` (training
+        leaves them out, evaluation needs them); degenerate boxes are always dropped.
+        """
+        _, image_id = self.samples[index]
+        info = self.coco.imgs[image_id]
+        height, width = int(info["height"]), int(info["width"])
+        kept = [
+            item
+            for item in self._instances(image_id)
+            if include_crowd or not item[0].get("iscrowd", 0)
+        ]
+        boxes = torch.tensor([ann["bbox"] for ann, _, _ in kept], dtype=torch.float32).reshape(
+            -1, 4
+        )
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        masks = (
+            torch.from_numpy(np.stack([mask for _, _, mask in kept]))
+            if kept
+            else torch.zeros((0, height, width), dtype=torch.uint8)
+        )
+        return {
+            "boxes": boxes[valid],
+            "labels": torch.tensor([cls for _, cls, _ in kept], dtype=torch.int64)[valid],
+            "masks": masks[valid],
+            "iscrowd": torch.tensor(
+                [int(ann.get("iscrowd", 0)) for ann, _, _ in kept], dtype=torch.int64
+            )[valid],
+            "area": torch.tensor([float(ann["area"]) for ann, _, _ in kept], dtype=torch.float32)[
+                valid
+            ],
+            "image_id": torch.tensor(image_id, dtype=torch.int64),
+        }

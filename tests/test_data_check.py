@@ -1,0 +1,85 @@
+"""``datasets check`` on a miniature CamVid copy (SegNet tutorial layout) with planted problems."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelwise.data.check import check_dataset, format_report
+from pixelwise.errors import PixelwiseError
+
+H, W = 6, 8
+NAMES = [f"0001TP_{k:06d}" for k in range(5)]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXELWISE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    """Five clean pairs: label row 0 Sky, row 1 Road, the rest Unlabelled (11)."""
+    root = tmp_path / "CamVid"
+    (root / "train").mkdir(parents=True)
+    (root / "trainannot").mkdir()
+    label = np.full((H, W), 11, dtype=np.uint8)
+    label[0], label[1] = 0, 3
+    for name in NAMES:
+        noise = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(root / "train" / f"{name}.png")
+        Image.fromarray(label, mode="L").save(root / "trainannot" / f"{name}.png")
+    lines = [f"/SegNet/CamVid/train/{n}.png /SegNet/CamVid/trainannot/{n}.png" for n in NAMES]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_clean_copy(root):
+    report = check_dataset("camvid", root, "train")
+    assert report.exit_code == 0 and report.samples == 5
+    assert report.class_pixels[0] == 5 * W and report.class_pixels[3] == 5 * W
+    assert sum(report.class_pixels) == 10 * W and report.ignore_pixels == 5 * (H - 2) * W
+    text = format_report(report)
+    assert "problems: none" in text and "Sky" in text and "exit code 0" in text
+
+
+def test_broken_copy_counts_each_problem(root):
+    (root / "trainannot" / f"{NAMES[1]}.png").unlink()
+    truncated = root / "train" / f"{NAMES[2]}.png"
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) * 2 // 3])  # cut inside the compressed pixel data
+    Image.fromarray(np.zeros((H, W + 1), dtype=np.uint8), mode="L").save(
+        root / "trainannot" / f"{NAMES[3]}.png"
+    )
+    label = np.zeros((H, W), dtype=np.uint8)
+    label[2, :3] = 17  # not a CamVid value (0..10, 11 = Unlabelled)
+    Image.fromarray(label, mode="L").save(root / "trainannot" / f"{NAMES[4]}.png")
+    report = check_dataset("camvid", root, "train", max_examples=1)
+    counts = {kind: p.count for kind, p in report.problems.items()}
+    assert counts["missing_label"] == 1 and counts["missing_image"] == 0
+    assert counts["unreadable_image"] == 1
+    assert counts["size_mismatch"] == 1
+    assert counts["bad_values"] == 1 and counts["unreadable_label"] == 0
+    assert report.problem_count == 4
+    assert report.exit_code == 1
+    assert NAMES[1] in report.problems["missing_label"].examples[0]
+    assert NAMES[2] in report.problems["unreadable_image"].examples[0]
+    assert "(6, 8)" in report.problems["size_mismatch"].examples[0]
+    assert "[17]" in report.problems["bad_values"].examples[0]
+    text = format_report(report)
+    assert "missing labels: 1" in text and "exit code 1" in text
+
+
+def test_truncated_label_is_unreadable(root):
+    label = root / "trainannot" / f"{NAMES[0]}.png"
+    label.write_bytes(label.read_bytes()[:50])
+    report = check_dataset("camvid", root, "train", workers=1)
+    assert report.problems["unreadable_label"].count == 1 and report.exit_code == 1
+
+
+def test_wrong_root_raises_naming_the_folder(tmp_path):
+    with pytest.raises(PixelwiseError, match="expected the folder train/"):
+        check_dataset("camvid", tmp_path, "train")
