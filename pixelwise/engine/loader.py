@@ -53,8 +53,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
-        if self.world_size > 1:
-            # Every rank gets the same number of samples (as DistributedSampler does, by wrapping).
+        if self.world_size > 1 and self.drop_last:
+            # In training every rank gets the same number of samples (as DistributedSampler does, by
+            # wrapping); evaluation shards without repeats so no image is counted twice.
             per_rank = -(-self.size // self.world_size)
             order = (order * 2)[: per_rank * self.world_size]
         return order[self.rank :: self.world_size]
@@ -67,7 +68,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             yield [(shard[p], base + p * self.world_size + self.rank) for p in positions]
 
     def __len__(self) -> int:
-        n = len(self._shard()) if self.world_size > 1 else self.size
+        n = len(self._shard())
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 

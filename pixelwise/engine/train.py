@@ -377,6 +377,7 @@ class Trainer:
         self.net.train()
         aux = bool(self.cfg.loss.aux_weights)
         seen, tick = 0, time.perf_counter()
+        self.eval_seconds = 0.0
         with _StopRequest() as stop:
             while self.step < stop_at and not stop.requested:
                 epoch, start = divmod(self.step, self.iters_per_epoch)
@@ -400,7 +401,7 @@ class Trainer:
                             f"(now {self.cfg.optim.lr}) or check the labels."
                         )
                     if self.step % self.cfg.train.log_every == 0 or self.step == stop_at:
-                        speed = seen / max(1e-9, time.perf_counter() - tick)
+                        speed = self.images_per_second(seen, tick)
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                         self._log_scalars({"train/loss": loss, "train/lr": lr, "train/images_per_s": speed})
                     bar.update(1)
@@ -414,9 +415,14 @@ class Trainer:
                         last_scores = self.validate()
             self.save("last.pt")
         bar.close()
+        self.train_images_per_s = self.images_per_second(seen, tick)
         if self.writer is not None:
             self.writer.close()
         return last_scores
+
+    def images_per_second(self, seen: int, since: float) -> float:
+        """Training throughput since ``since``, leaving out the time spent evaluating."""
+        return seen / max(1e-9, time.perf_counter() - since - self.eval_seconds)
 
     def _log_scalars(self, values: dict[str, float]) -> None:
         if self.writer is not None:
@@ -425,6 +431,13 @@ class Trainer:
 
     def validate(self) -> Scores:
         """Evaluate on the validation split, log, write pictures, keep the best checkpoint."""
+        started = time.perf_counter()
+        try:
+            return self._validate()
+        finally:
+            self.eval_seconds = getattr(self, "eval_seconds", 0.0) + time.perf_counter() - started
+
+    def _validate(self) -> Scores:
         matrix = evaluate(
             self.net, self._val_loader(), self.num_classes, self.device,
             amp=self.cfg.train.amp, channels_last=self.cfg.train.channels_last,
