@@ -7,7 +7,11 @@ from torch import Tensor, nn
 
 
 class ConvBNReLU(nn.Sequential):
-    """``Conv2d -> BatchNorm2d -> ReLU``; the conv has no bias because BN's shift replaces it."""
+    """``Conv2d -> BatchNorm2d -> ReLU``; the conv has no bias because BN's shift replaces it.
+
+    ``bias=True`` keeps the redundant conv bias of reference models that had one (SegNet's Caffe
+    prototxt, LinkNet's Torch model), so their parameter counts match; ``eps`` is BN's epsilon.
+    """
 
     def __init__(
         self,
@@ -18,14 +22,14 @@ class ConvBNReLU(nn.Sequential):
         stride: int = 1,
         padding: int | None = None,
         dilation: int = 1,
+        bias: bool = False,
+        eps: float = 1e-5,
     ) -> None:
         if padding is None:
             padding = dilation * (kernel_size // 2)
         super().__init__(
-            nn.Conv2d(
-                in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False
-            ),
-            nn.BatchNorm2d(out_channels),
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias),
+            nn.BatchNorm2d(out_channels, eps=eps),
             nn.ReLU(inplace=True),
         )
 

@@ -1,0 +1,291 @@
+"""Inference latency and training throughput of registered models, with AMP and channels_last.
+
+For each model and device (CPU, and CUDA when available) and each combination of AMP on/off
+(``torch.autocast``: bfloat16 on CPU, float16 on CUDA) and channels_last on/off, measures
+
+- inference latency: batch 1, eval mode, ``torch.inference_mode``; median of ``--runs`` timed
+  forwards after ``--warmup`` untimed ones, in milliseconds;
+- training throughput: batch 4, train mode, forward + cross-entropy + backward + SGD step; the
+  batch size divided by the median step time, in images per second.
+
+Prints a table and writes JSON with the machine (platform, CPU model, cores), torch version, thread
+count, input size, batches and device. Timings on a shared machine are noisy; compare runs taken on
+the same machine under the same load only.
+
+Usage::
+
+    python benchmarks/model_speed.py                       # every registered model, 360x480
+    python benchmarks/model_speed.py --models segnet linknet --runs 5 --threads 2
+    python benchmarks/model_speed.py --modes inference --size 512 1024 --out /tmp/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixelwise.models import build_model, list_models, model_info
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "model_speed.json"
+INFERENCE_BATCH = 1
+TRAINING_BATCH = 4
+
+
+@dataclass
+class Measurement:
+    """One (model, device, mode, AMP, channels_last) cell of the table."""
+
+    model: str
+    device: str
+    mode: str  # "inference" | "training"
+    amp: bool
+    channels_last: bool
+    batch: int
+    median_ms: float | None = None  # per forward (inference) or per step (training)
+    images_per_s: float | None = None
+    error: str | None = None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, object]:
+    info: dict[str, object] = {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CPU (float16 has poor CPU kernels), float16 on CUDA."""
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, runs: int) -> float:
+    """Median wall time of ``step`` over ``runs`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def time_inference(
+    model: nn.Module,
+    size: tuple[int, int],
+    device: torch.device,
+    *,
+    amp: bool,
+    cl: bool,
+    warmup: int,
+    runs: int,
+) -> float:
+    """Median seconds of one batch-1 forward in eval mode."""
+    model.eval()
+    x = torch.randn(INFERENCE_BATCH, 3, *size, device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.inference_mode(), autocast(device, amp):
+            model(x)
+
+    return median_seconds(step, device, warmup, runs)
+
+
+def time_training(
+    model: nn.Module,
+    num_classes: int,
+    size: tuple[int, int],
+    device: torch.device,
+    *,
+    amp: bool,
+    cl: bool,
+    warmup: int,
+    runs: int,
+) -> float:
+    """Median seconds of one batch-4 SGD step (forward, loss, backward, update)."""
+    model.train()
+    # A small lr keeps the weights (and so the kernels' speed) from blowing up over the steps.
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    # GradScaler only where float16 gradients can underflow (CUDA); bfloat16 has float32's range.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    x = torch.randn(TRAINING_BATCH, 3, *size, device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, num_classes, (TRAINING_BATCH, *size), device=device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            loss = F.cross_entropy(model(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return median_seconds(step, device, warmup, runs)
+
+
+def combinations(amp: str, channels_last: str) -> Iterator[tuple[bool, bool]]:
+    """(amp, channels_last) pairs in table order; each of "off", "on", "both"."""
+    choices = {"off": (False,), "on": (True,), "both": (False, True)}
+    for use_amp in choices[amp]:
+        for use_cl in choices[channels_last]:
+            yield use_amp, use_cl
+
+
+def measure_model(
+    name: str,
+    device: torch.device,
+    size: tuple[int, int],
+    modes: list[str],
+    warmup: int,
+    runs: int,
+    pairs: list[tuple[bool, bool]],
+) -> list[Measurement]:
+    """Every (AMP, channels_last) pair x mode for one model on one device, printed as it goes."""
+    num_classes = model_info(name).num_classes
+    results = []
+    for amp, cl in pairs:
+        for mode in modes:
+            batch = INFERENCE_BATCH if mode == "inference" else TRAINING_BATCH
+            row = Measurement(name, str(device), mode, amp, cl, batch)
+            torch.manual_seed(0)
+            try:
+                # A fresh model per cell: training steps and memory format must not carry over.
+                model = prepare(build_model(name, num_classes), device, cl)
+                if mode == "inference":
+                    seconds = time_inference(
+                        model, size, device, amp=amp, cl=cl, warmup=warmup, runs=runs
+                    )
+                else:
+                    seconds = time_training(
+                        model, num_classes, size, device, amp=amp, cl=cl, warmup=warmup, runs=runs
+                    )
+                row.median_ms = seconds * 1e3
+                row.images_per_s = batch / seconds
+            except (RuntimeError, NotImplementedError) as error:  # e.g. an op without a bf16 kernel
+                row.error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            finally:
+                model = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            results.append(row)
+            print(format_row(row), flush=True)
+    return results
+
+
+HEADER = f"{'model':<16} {'device':<6} {'mode':<9} {'amp':<4} {'ch_last':<7} {'batch':>5} {'median ms':>10} {'img/s':>8}"
+
+
+def format_row(row: Measurement) -> str:
+    flags = f"{'on' if row.amp else 'off':<4} {'on' if row.channels_last else 'off':<7}"
+    head = f"{row.model:<16} {row.device:<6} {row.mode:<9} {flags} {row.batch:>5}"
+    if row.error is not None:
+        return f"{head} {'n/a':>10} {'n/a':>8}  ({row.error})"
+    return f"{head} {row.median_ms:>10.1f} {row.images_per_s:>8.2f}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=None, help="default: every registered model")
+    parser.add_argument("--size", nargs=2, type=int, default=[360, 480], metavar=("H", "W"))
+    parser.add_argument("--runs", type=int, default=3, help="timed repetitions per cell (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--modes", nargs="+", choices=["inference", "training"], default=["inference", "training"]
+    )
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="default: cpu, and cuda when available",
+    )
+    parser.add_argument("--amp", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--channels-last", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    names = args.models or list_models()
+    for name in names:
+        model_info(name)  # an unknown name fails now, listing the valid ones, not mid-run
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    size = (args.size[0], args.size[1])
+    pairs = list(combinations(args.amp, args.channels_last))
+
+    report = {
+        "machine": machine_info(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "input_size": list(size),
+        "batch": {"inference": INFERENCE_BATCH, "training": TRAINING_BATCH},
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "amp_dtype": {"cpu": "bfloat16", "cuda": "float16"},
+        "devices": devices,
+        "results": [],
+    }
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {report['machine']['cpu']}, "
+        f"input 3x{size[0]}x{size[1]}, median of {args.runs} after {args.warmup} warm-up"
+    )
+    print(HEADER)
+    for device_name in devices:
+        device = torch.device(device_name)
+        for name in names:
+            rows = measure_model(name, device, size, args.modes, args.warmup, args.runs, pairs)
+            report["results"].extend(asdict(row) for row in rows)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""SegNet / SegNet-Basic: reference parameter counts, odd input sizes, raw logits, VGG16-BN weights.
+
+Reference figures from ../shared/REFERENCE.md (SegNet-Tutorial segnet_train.prototxt, 11 classes).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from pixelwise.errors import PixelwiseError
+from pixelwise.models import build_model, model_info
+from pixelwise.models.complexity import count_flops, count_parameters
+from pixelwise.models.segnet import segnet, vgg16_bn_to_segnet_encoder
+
+SEGNET_PARAMS = 29_449_355  # REFERENCE.md, 11 classes, BN affine included
+SEGNET_MACS = 106.7e9  # REFERENCE.md, 360x480
+SEGNET_BASIC_PARAMS = 1_425_000  # the paper's table: 1.425M
+
+
+def _random_vgg16_bn_features() -> dict[str, Tensor]:
+    """torchvision vgg16_bn's ``features.*`` layout (read off a meta-device model), random values."""
+    with torch.device("meta"):
+        reference = torchvision.models.vgg16_bn(weights=None).state_dict()
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, tensor in reference.items():
+        if not key.startswith("features."):
+            continue  # fc6-fc8 (120M values) are dropped by the conversion anyway
+        if tensor.dtype == torch.long:
+            state[key] = torch.randint(0, 1000, tensor.shape, generator=generator)
+        else:
+            state[key] = torch.randn(tensor.shape, generator=generator)
+    return state
+
+
+def _pattern_labels(num_classes: int, size: int) -> Tensor:
+    """A fixed, learnable label map: vertical bands of the classes, the same for both images."""
+    columns = torch.arange(size) * num_classes // size
+    return columns.expand(2, size, size).clone()
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"), [("segnet", SEGNET_PARAMS), ("segnet_basic", SEGNET_BASIC_PARAMS)]
+)
+def test_parameter_count_matches_reference(name: str, reference: int) -> None:
+    info = model_info(name)
+    count = count_parameters(build_model(name, info.num_classes))
+    print(f"{name}: {count:,} learnable parameters (reference {reference:,})")
+    assert abs(count - reference) / reference < 0.01
+
+
+def test_segnet_forward_backward_odd_size() -> None:
+    torch.manual_seed(0)
+    model = build_model("segnet", 11)
+    x = torch.randn(2, 3, 250, 333)
+    logits = model(x)
+    assert logits.shape == (2, 11, 250, 333)
+    logits.square().mean().backward()
+    assert model.encoder[0][0][0].weight.grad is not None
+    assert model.classifier.weight.grad is not None
+
+
+def test_segnet_basic_odd_size() -> None:
+    model = build_model("segnet_basic", 5).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 37, 45)).shape == (1, 5, 37, 45)
+
+
+def test_eval_is_deterministic() -> None:
+    torch.manual_seed(0)
+    model = build_model("segnet", 4).eval()
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_a_few_adam_steps_reduce_the_loss() -> None:
+    torch.manual_seed(0)
+    model = build_model("segnet", 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # 32x32 keeps this quick (SegNet costs ~50x LinkNet per pixel); pool5 is still 1x1.
+    x = torch.randn(2, 3, 32, 32)
+    target = _pattern_labels(3, 32)
+    losses = []
+    for _ in range(5):
+        loss = nn.functional.cross_entropy(model(x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def test_last_layer_is_a_bare_conv_giving_the_logits() -> None:
+    model = build_model("segnet", 11).eval()
+    assert isinstance(model.classifier, nn.Conv2d)
+    assert list(model.modules())[-1] is model.classifier
+    seen: list[Tensor] = []
+    model.classifier.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 32, 32))
+    # Nothing (no BN, no ReLU) runs after conv1_1_D: its output is the model's output.
+    assert torch.equal(logits, seen[0])
+    assert (logits < 0).any()
+
+
+def test_vgg16_bn_weights_load_from_a_path(tmp_path) -> None:
+    state = _random_vgg16_bn_features()
+    path = tmp_path / "vgg16_bn.pth"
+    torch.save(state, path)
+    model = segnet(num_classes=3, weights_backbone=path)
+    encoder = model.encoder.state_dict()
+    expected = vgg16_bn_to_segnet_encoder(state)
+    assert set(encoder) == set(expected)
+    for key, tensor in expected.items():
+        assert torch.equal(encoder[key], tensor), key
+    # Spot-check the mapping itself: conv5_3 is features.40, its BN features.41.
+    assert torch.equal(model.encoder[4][2][0].weight, state["features.40.weight"])
+    assert torch.equal(model.encoder[4][2][1].running_var, state["features.41.running_var"])
+
+
+def test_vgg16_bn_classifier_is_dropped_and_old_files_load() -> None:
+    state = _random_vgg16_bn_features()
+    state["classifier.6.weight"] = torch.zeros(1000, 4096)
+    del state["features.1.num_batches_tracked"]  # files saved before PyTorch 0.4.1 lack it
+    converted = vgg16_bn_to_segnet_encoder(state)
+    assert not any(k.startswith("classifier") for k in converted)
+    assert converted["0.0.1.num_batches_tracked"].item() == 0
+
+
+def test_vgg16_bn_weights_with_a_wrong_shape_name_the_key() -> None:
+    state = _random_vgg16_bn_features()
+    state["features.10.weight"] = torch.zeros(128, 64, 5, 5)
+    with pytest.raises(PixelwiseError, match=r"features\.10\.weight"):
+        segnet(num_classes=3, weights_backbone=state)
+
+
+def test_vgg16_without_bn_is_rejected() -> None:
+    with torch.device("meta"):
+        keys = torchvision.models.vgg16(weights=None).state_dict().keys()
+    state = {k: torch.zeros(1) for k in keys}
+    with pytest.raises(PixelwiseError, match="vgg16_bn"):
+        vgg16_bn_to_segnet_encoder(state)
+
+
+@pytest.mark.slow
+def test_segnet_flops_at_paper_size() -> None:
+    info = model_info("segnet")
+    flops = count_flops(build_model("segnet", info.num_classes), info.input_size)
+    print(f"segnet: {flops / 2e9:.2f} GMACs at {info.input_size} (reference 106.7)")
+    assert abs(flops / 2 - SEGNET_MACS) / SEGNET_MACS < 0.01
