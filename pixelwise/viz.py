@@ -49,10 +49,20 @@ def prediction_grid(
     predictions: Sequence[Tensor | np.ndarray],
     palette: Sequence[Sequence[int]],
     gap: int = 4,
+    min_height: int = 128,
 ) -> np.ndarray:
-    """Rows of image | ground truth | prediction, separated by white gaps."""
+    """Rows of image | ground truth | prediction under a titled header, separated by white gaps.
+
+    Images shorter than ``min_height`` are enlarged by an integer factor (nearest neighbour, so
+    label edges stay crisp) to stay legible.
+    """
     rows = []
     for image, target, prediction in zip(images, targets, predictions):
+        factor = max(1, -(-min_height // image.shape[0]))
+        image, target, prediction = (
+            _enlarge(np.asarray(a.cpu() if isinstance(a, Tensor) else a), factor)
+            for a in (image, target, prediction)
+        )
         h = image.shape[0]
         spacer = np.full((h, gap, 3), 255, dtype=np.uint8)
         rows.append(
@@ -62,7 +72,24 @@ def prediction_grid(
         )
     width = max(r.shape[1] for r in rows)
     padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    return np.concatenate(padded, axis=0)[:-gap]
+    column = (width - 2 * gap) // 3
+    header = _titles(["image", "ground truth", "prediction"], column + gap, width)
+    return np.concatenate([header, *padded], axis=0)[:-gap]
+
+
+def _enlarge(array: np.ndarray, factor: int) -> np.ndarray:
+    return array if factor == 1 else array.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def _titles(titles: Sequence[str], step: int, width: int, height: int = 16) -> np.ndarray:
+    """A white strip with one black title at the left of each column."""
+    from PIL import ImageDraw
+
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, title in enumerate(titles):
+        draw.text((i * step + 2, 2), title, fill=(0, 0, 0))
+    return np.asarray(strip)
 
 
 def save_png(array: np.ndarray, path: Path) -> None:

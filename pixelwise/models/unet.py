@@ -106,6 +106,7 @@ class UNet(nn.Module):
         base_channels: channels of the first level; doubled at each of the 4 poolings.
         padding: ``"valid"`` (the paper) or ``"same"``.
         batch_norm: BatchNorm after every 3x3 conv.
+        dropout: dropout rate after the two deepest encoder levels (0 turns it off).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class UNet(nn.Module):
         base_channels: int = 64,
         padding: str = "valid",
         batch_norm: bool = False,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         if padding not in PADDINGS:
@@ -131,7 +133,7 @@ class UNet(nn.Module):
             self.encoders.append(DoubleConv(cin, cout, padding=conv_pad, batch_norm=batch_norm))
         # ceil_mode only matters for "same" on odd sizes; "valid" sizes are checked to be even.
         self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.dropout = nn.Dropout(0.5)
+        self.dropout = nn.Dropout(dropout)
         self.decoders = nn.ModuleList(
             UpBlock(width, padding=conv_pad, batch_norm=batch_norm) for width in widths[:0:-1]
         )
@@ -222,6 +224,7 @@ def unet(
     base_channels: int = 64,
     padding: str = "valid",
     batch_norm: bool = False,
+    dropout: float = 0.5,
 ) -> UNet:
     """U-Net; the paper's setting is ``in_channels=1, num_classes=2``, valid padding, 572x572."""
     return UNet(
@@ -230,4 +233,5 @@ def unet(
         base_channels=base_channels,
         padding=padding,
         batch_norm=batch_norm,
+        dropout=dropout,
     )
