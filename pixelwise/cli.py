@@ -213,15 +213,18 @@ def cmd_predict(args) -> int:
 
 
 def cmd_models(args) -> int:
+    import torch
+
     from pixelwise.models import build_model, list_models, model_info
     from pixelwise.models.complexity import count_flops, count_parameters
 
     header = f"{'name':<16} {'year':>4} {'params':>12}"
-    header += f" {'GFLOPs':>9} {'at':>9}" if args.flops else ""
+    header += f" {'GFLOPs':>9} {'at HxW':>9}" if args.flops else ""
     print(header + "  paper")
     for name in list_models():
         info = model_info(name)
-        model = build_model(name, info.num_classes, **_paper_kwargs(info))
+        with torch.device("meta"):  # counts need shapes only: nothing is allocated or computed
+            model = build_model(name, info.num_classes, **_paper_kwargs(info))
         line = f"{name:<16} {info.year:>4} {count_parameters(model):>12,}"
         if args.flops:
             gflops = count_flops(model, info.input_size, info.in_channels) / 1e9

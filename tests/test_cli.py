@@ -58,3 +58,17 @@ def test_train_eval_predict(tmp_path, capsys):
     assert Image.open(tmp_path / "pred" / "photo_overlay.png").size == (26, 30)
     # Resume continues the same run folder to a longer schedule.
     assert main(["train", str(config), "--resume", str(run / "last.pt"), "train.iters=3"]) == 0
+
+
+def test_datasets_check_exit_codes(tmp_path, capsys):
+    from tests.test_shapes_and_camvid import _write_camvid
+
+    _write_camvid(tmp_path / "clean", ["a.png", "b.png"])
+    assert main(["datasets", "check", "camvid", str(tmp_path / "clean")]) == 0
+    out = capsys.readouterr().out
+    assert "2 samples" in out and "Road" in out
+    _write_camvid(tmp_path / "dirty", ["a.png"], value=17)
+    assert main(["datasets", "check", "camvid", str(tmp_path / "dirty")]) == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["datasets", "check", "camvid", str(tmp_path / "empty")]) == 2
+    assert "expected the folder train/" in capsys.readouterr().err

@@ -18,12 +18,14 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], in_channels: int 
     """FLOPs of one forward pass at batch 1, counted by ``torch.utils.flop_counter``.
 
     torch counts a multiply-add as 2 FLOPs, so MACs = FLOPs / 2. The model is put in eval mode for
-    the count and its previous mode is restored.
+    the count and its previous mode is restored. A model built under ``torch.device("meta")`` is
+    counted without computing anything (the input follows the model's device).
     """
     was_training = model.training
     model.eval()
     try:
-        x = torch.zeros(1, in_channels, *input_size)
+        device = next(model.parameters()).device
+        x = torch.zeros(1, in_channels, *input_size, device=device)
         with FlopCounterMode(display=False) as counter:
             model(x)
         return int(counter.get_total_flops())
