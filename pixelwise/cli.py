@@ -128,6 +128,12 @@ def _run_training(config, resume: str | None) -> int:
     scores = trainer.fit()
     if not trainer.dist.is_main:
         return 0
+    if trainer.interrupted:
+        print(
+            f"stopped at step {trainer.step}; continue with: pixelwise train "
+            f"{trainer.run_dir / 'config.yaml'} --resume {trainer.run_dir / 'last.pt'}"
+        )
+        return 130
     if scores is not None:
         print(format_scores(scores, trainer.classes))
     print(

@@ -129,3 +129,33 @@ def test_valid_unet_trains_with_cropped_targets(tmp_path):
     cfg["data"]["scale_range"] = [1.0, 1.0]
     scores = Trainer(config_from_dict(cfg), progress=False).fit()
     assert scores is not None
+
+
+class _SignalOnFirstCall(torch.nn.Module):
+    """A loss wrapper that sends SIGTERM to this process during the first step, like a scheduler's kill."""
+
+    def __init__(self, criterion: torch.nn.Module) -> None:
+        super().__init__()
+        self.criterion = criterion
+        self.sent = False
+
+    def forward(self, output, target):
+        import os
+        import signal
+
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.criterion(output, target)
+
+
+def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path, iters=50, eval_every=50)), progress=False)
+    trainer.criterion = _SignalOnFirstCall(trainer.criterion)
+    trainer.fit()
+    assert trainer.interrupted
+    assert load_checkpoint(trainer.run_dir / "last.pt")["step"] == 1  # the running step finished
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler was put back

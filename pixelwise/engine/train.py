@@ -288,6 +288,7 @@ class Trainer:
         if t.compile:
             self.net = torch.compile(self.net)
         self.writer = None
+        self.interrupted = False
 
     # -- checkpoints -------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -414,6 +415,7 @@ class Trainer:
                     if self._should_eval(True):
                         last_scores = self.validate()
             self.save("last.pt")
+            self.interrupted = stop.requested
         bar.close()
         self.train_images_per_s = self.images_per_second(seen, tick)
         if self.writer is not None:
