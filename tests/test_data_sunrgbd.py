@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from pixelwise.data import build_dataset
-from pixelwise.data.sunrgbd import SUNRGBD37_CLASSES, voc_colormap
+from pixelwise.data.base import voc_colormap
+from pixelwise.data.sunrgbd import SUNRGBD37_CLASSES
 from pixelwise.errors import PixelwiseError
 
 H, W = 5, 7
@@ -86,6 +87,6 @@ def test_wrong_root_names_the_folder(tmp_path):
 def test_classes_and_palette():
     assert len(SUNRGBD37_CLASSES) == 37
     assert SUNRGBD37_CLASSES[0] == "wall" and SUNRGBD37_CLASSES[-1] == "bag"
-    palette = voc_colormap(37)
+    palette = voc_colormap(37, start=1)
     assert palette[0] == (128, 0, 0) and palette[1] == (0, 128, 0) and palette[6] == (128, 128, 128)
     assert len(set(palette)) == 37

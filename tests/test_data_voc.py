@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from pixelwise.data import build_dataset
-from pixelwise.data.voc import SEG11VALID_LIST, VOC, VOC_CLASSES, VOC_PALETTE, voc_colormap
+from pixelwise.data.base import voc_colormap
+from pixelwise.data.voc import SEG11VALID_LIST, VOC, VOC_CLASSES, VOC_PALETTE
 from pixelwise.errors import PixelwiseError
 
 H, W = 8, 12

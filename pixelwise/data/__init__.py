@@ -9,10 +9,9 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from pixelwise._imports import import_submodules
 from pixelwise.data.base import DATASETS, IGNORE_INDEX, SegmentationDataset, register_dataset
 from pixelwise.errors import PixelwiseError
-
-from pixelwise._imports import import_submodules
 
 import_submodules(__name__, __path__, skip={"base", "transforms", "check"})
 

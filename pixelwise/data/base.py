@@ -27,7 +27,7 @@ IGNORE_INDEX = 255
 
 Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
-DATASETS: Registry[type["SegmentationDataset"]] = Registry("dataset")
+DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
 
 
 def register_dataset(name: str):
@@ -227,6 +227,26 @@ def file_names(folder: Path) -> set[str]:
         return set(os.listdir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return set()
+
+
+def voc_colormap(count: int = 256, *, start: int = 0) -> tuple[tuple[int, int, int], ...]:
+    """The PASCAL VOC devkit colormap, entries ``start .. start + count - 1``.
+
+    The bits of the index are interleaved into the high bits of R, G, B: bit 0 goes to bit 7 of
+    R, bit 1 to bit 7 of G, bit 2 to bit 7 of B, bit 3 to bit 6 of R and so on, so 1 = (128, 0, 0),
+    2 = (0, 128, 0) and 255 = (224, 224, 192). Datasets without an official palette use it from
+    ``start=1`` so that their class 0 does not get black.
+    """
+    colours = []
+    for index in range(start, start + count):
+        rgb = [0, 0, 0]
+        value = index
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                rgb[channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+        colours.append((rgb[0], rgb[1], rgb[2]))
+    return tuple(colours)
 
 
 def to_mask(array: np.ndarray) -> Tensor:

@@ -51,9 +51,9 @@ from pixelwise.data.base import (
     read_image,
     register_dataset,
     to_mask,
+    voc_colormap,
 )
 from pixelwise.data.coco_stuff import COCOSTUFF_NAMES, UNUSED_IDS
-from pixelwise.data.sunrgbd import voc_colormap
 from pixelwise.errors import PixelwiseError
 
 #: The 80 COCO thing category ids in order (1..90 without the ten ids COCO never used; id 91,
@@ -117,7 +117,7 @@ class COCO(SegmentationDataset):
     """
 
     classes = VOC21_CLASSES
-    palette = voc_colormap(len(VOC21_CLASSES), skip_first=False)
+    palette = voc_colormap(len(VOC21_CLASSES))
     splits = ("train", "val")
 
     def __init__(
@@ -135,7 +135,7 @@ class COCO(SegmentationDataset):
         self.category_map = category_to_class(class_set)
         if class_set == "all":
             self.classes = ("background", *COCO80_CLASSES)  # type: ignore[misc]
-            self.palette = voc_colormap(len(self.classes), skip_first=False)  # type: ignore[misc]
+            self.palette = voc_colormap(len(self.classes))  # type: ignore[misc]
         if min_area is None:
             min_area = TORCHVISION_MIN_AREA if split == "train" else -1
         self.min_area = float(min_area)

@@ -33,8 +33,8 @@ from pixelwise.data.base import (
     read_label_png,
     register_dataset,
     to_mask,
+    voc_colormap,
 )
-from pixelwise.data.sunrgbd import voc_colormap
 from pixelwise.errors import PixelwiseError
 
 #: COCO-Stuff id -> name for ids 1..182 (entry ``i`` is id ``i + 1``); 0 is "unlabeled".
@@ -105,7 +105,7 @@ class COCOStuff(SegmentationDataset):
     """
 
     classes = COCOSTUFF171_CLASSES
-    palette = voc_colormap(len(COCOSTUFF171_CLASSES))
+    palette = voc_colormap(len(COCOSTUFF171_CLASSES), start=1)
     splits = ("train", "val")
 
     def __init__(

@@ -60,8 +60,8 @@ from pixelwise.data.base import (
     read_image,
     register_dataset,
     to_mask,
+    voc_colormap,
 )
-from pixelwise.data.sunrgbd import voc_colormap
 from pixelwise.errors import PixelwiseError
 
 NYU40_CLASSES = (
@@ -167,7 +167,7 @@ class NYUDv2(SegmentationDataset):
     """
 
     classes = NYU40_CLASSES
-    palette = voc_colormap(len(NYU40_CLASSES))
+    palette = voc_colormap(len(NYU40_CLASSES), start=1)
     splits = ("train", "val", "test", "trainval")
 
     def __init__(
@@ -188,7 +188,7 @@ class NYUDv2(SegmentationDataset):
             raise PixelwiseError(f"NYUDv2 class_set must be 40 or 13, not {class_set!r}.")
         self.class_set = class_set
         self.classes = NYU40_CLASSES if class_set == 40 else NYU13_CLASSES  # type: ignore[misc]
-        self.palette = voc_colormap(len(self.classes))  # type: ignore[misc]
+        self.palette = voc_colormap(len(self.classes), start=1)  # type: ignore[misc]
         self.depth = depth
         self.labeled_file = Path(labeled_file) if labeled_file else self.root / LABELED_FILE
         self.splits_file = Path(splits_file) if splits_file else self.root / "splits.mat"

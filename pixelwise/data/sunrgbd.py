@@ -39,6 +39,7 @@ from pixelwise.data.base import (
     read_label_png,
     register_dataset,
     to_mask,
+    voc_colormap,
 )
 from pixelwise.errors import PixelwiseError
 
@@ -52,26 +53,6 @@ SUNRGBD37_CLASSES = (
 #: Number of test images; the label tarball numbers them first.
 NUM_TEST = 5050
 NUM_TRAIN = 5285
-
-
-def voc_colormap(count: int, *, skip_first: bool = True) -> tuple[tuple[int, int, int], ...]:
-    """The PASCAL VOC colormap: the bits of the index interleaved into R, G and B from the top.
-
-    Args:
-        count: how many colours to return.
-        skip_first: start at entry 1 so that class 0 does not get black, which marks void.
-    """
-    colours = []
-    for index in range(int(skip_first), count + int(skip_first)):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colours.append((r, g, b))
-    return tuple(colours)
 
 
 def raw_to_train_lut(num_classes: int) -> np.ndarray:
@@ -102,7 +83,7 @@ class SUNRGBD(SegmentationDataset):
     """
 
     classes = SUNRGBD37_CLASSES
-    palette = voc_colormap(len(SUNRGBD37_CLASSES))
+    palette = voc_colormap(len(SUNRGBD37_CLASSES), start=1)
     splits = ("train", "test")
 
     def __init__(

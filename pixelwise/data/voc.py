@@ -48,6 +48,7 @@ from pixelwise.data.base import (
     read_label_png,
     register_dataset,
     to_mask,
+    voc_colormap,
 )
 from pixelwise.errors import PixelwiseError
 
@@ -62,24 +63,6 @@ SEG11VALID_LIST = LISTS_DIR / "voc_seg11valid.txt"
 
 _VOC_SPLITS = ("train", "val", "trainval")
 _SBD_SPLITS = {"sbd_train": "train", "sbd_val": "val"}
-
-
-def voc_colormap(n: int = 256) -> tuple[tuple[int, int, int], ...]:
-    """The VOC devkit colormap: the bits of the index, interleaved into the high bits of R, G, B.
-
-    Bit 0 of the index goes to bit 7 of R, bit 1 to bit 7 of G, bit 2 to bit 7 of B, bit 3 to
-    bit 6 of R and so on, so 1 = (128, 0, 0), 2 = (0, 128, 0) and 255 = (224, 224, 192).
-    """
-    colours = []
-    for index in range(n):
-        rgb = [0, 0, 0]
-        value = index
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                rgb[channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-        colours.append((rgb[0], rgb[1], rgb[2]))
-    return tuple(colours)
 
 
 VOC_PALETTE = voc_colormap(len(VOC_CLASSES))

@@ -47,6 +47,15 @@ def load_backbone_state_dict(source: WeightsSource) -> dict[str, Tensor] | None:
     return dict(state)
 
 
+def describe_source(source: WeightsSource) -> str:
+    """How a weights source is named in error messages."""
+    if isinstance(source, WeightsEnum):
+        return f"{type(source).__name__}.{source.name}"
+    if isinstance(source, str | Path):
+        return str(source)
+    return "the given state dict"
+
+
 def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` whose failure names the keys and shapes that differ."""
     own = module.state_dict()

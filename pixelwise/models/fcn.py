@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from pixelwise.errors import PixelwiseError
 from pixelwise.models.backbones import (
     WeightsSource,
+    describe_source,
     load_backbone_state_dict,
     load_strict,
     vgg16_feature_indices,
@@ -254,9 +255,7 @@ def _build_fcn(
 ) -> FCN:
     """Build an FCN and load ImageNet VGG16 into its backbone; the score layers keep zero init."""
     state = load_backbone_state_dict(weights_backbone)
-    source = (
-        "the given state dict" if isinstance(weights_backbone, Mapping) else str(weights_backbone)
-    )
+    source = describe_source(weights_backbone)
     # Convert before building, so that a wrong file fails before 134M parameters are allocated.
     converted = None if state is None else vgg16_to_fcn_state_dict(state, source=source)
     model = FCN(num_classes, output_stride, at_once=at_once)

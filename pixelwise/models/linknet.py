@@ -29,14 +29,18 @@ exactly the reference's.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import WeightsEnum, resnet18
+from torchvision.models import resnet18
 
-from pixelwise.models.backbones import WeightsSource, load_backbone_state_dict, load_strict
+from pixelwise.models.backbones import (
+    WeightsSource,
+    describe_source,
+    load_backbone_state_dict,
+    load_strict,
+)
 from pixelwise.models.layers import ConvBNReLU
 from pixelwise.models.registry import register_model
 
@@ -175,20 +179,11 @@ def resnet18_to_linknet_encoder(state: Mapping[str, Tensor]) -> dict[str, Tensor
     return converted
 
 
-def _describe(source: WeightsSource) -> str:
-    """How ``source`` is named in error messages."""
-    if isinstance(source, WeightsEnum):
-        return f"{type(source).__name__}.{source.name}"
-    if isinstance(source, (str, Path)):
-        return str(source)
-    return "the given state dict"
-
-
 def _build_linknet(*, num_classes: int, weights_backbone: WeightsSource) -> LinkNet:
     model = LinkNet(num_classes=num_classes)
     state = load_backbone_state_dict(weights_backbone)
     if state is not None:
-        load_strict(model.encoder, resnet18_to_linknet_encoder(state), _describe(weights_backbone))
+        load_strict(model.encoder, resnet18_to_linknet_encoder(state), describe_source(weights_backbone))
     return model
 
 

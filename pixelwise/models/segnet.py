@@ -28,16 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import WeightsEnum
 
 from pixelwise.errors import PixelwiseError
 from pixelwise.models.backbones import (
     WeightsSource,
+    describe_source,
     load_backbone_state_dict,
     load_strict,
     vgg16_bn_feature_indices,
@@ -256,22 +255,13 @@ def vgg16_bn_to_segnet_encoder(state: Mapping[str, Tensor]) -> dict[str, Tensor]
     return converted
 
 
-def _describe(source: WeightsSource) -> str:
-    """How ``source`` is named in error messages."""
-    if isinstance(source, WeightsEnum):
-        return f"{type(source).__name__}.{source.name}"
-    if isinstance(source, (str, Path)):
-        return str(source)
-    return "the given state dict"
-
-
 def _build_segnet(
     config: SegNetConfig, *, num_classes: int, weights_backbone: WeightsSource
 ) -> SegNet:
     model = SegNet(config, num_classes=num_classes)
     state = load_backbone_state_dict(weights_backbone)
     if state is not None:
-        load_strict(model.encoder, vgg16_bn_to_segnet_encoder(state), _describe(weights_backbone))
+        load_strict(model.encoder, vgg16_bn_to_segnet_encoder(state), describe_source(weights_backbone))
     return model
 
 
