@@ -77,3 +77,17 @@ def test_real_camvid_split_sizes(shared_dir):
     assert len(val) == 101
     x, y = val[0]
     assert x.shape == (3, 360, 480) and set(y.unique().tolist()) <= set(range(11)) | {255}
+
+
+def test_second_open_reads_the_cached_index_lazily(tmp_path):
+    from pathlib import Path
+
+    from pixelwise.data.base import CachedItems
+
+    _write_camvid(tmp_path, ["a.png", "b.png", "c.png"])
+    first = build_dataset("camvid", tmp_path, split="train").samples
+    again = build_dataset("camvid", tmp_path, split="train").samples
+    assert isinstance(again, CachedItems) and again == first
+    assert isinstance(again[-1][0], Path) and again[1:] == first[1:]
+    (tmp_path / "train.txt").write_text((tmp_path / "train.txt").read_text().splitlines()[0] + "\n")
+    assert len(build_dataset("camvid", tmp_path, split="train")) == 1  # a changed list rebuilds

@@ -278,9 +278,41 @@ def _cache_dir() -> Path:
     return Path(base) / "index"
 
 
+class CachedItems(Sequence):
+    """The items of a cached index, decoded from JSON one at a time when first asked for.
+
+    Turning 100k entries into ``Path`` objects up front costs seconds; a training run touches one
+    item per step, so decoding on access keeps opening a large dataset well under a second.
+    """
+
+    def __init__(self, raw: list[Any]) -> None:
+        self._raw = raw
+        self._decoded: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self._raw)
+        if index not in self._decoded:
+            self._decoded[index] = _from_json(self._raw[index])
+        return self._decoded[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # mutable-like, as a list
+
+    def __repr__(self) -> str:
+        return f"CachedItems({len(self)} items)"
+
+
 def cached_index(
     key: Sequence[object], watch: Sequence[Path], build: Callable[[], list[Any]]
-) -> list[Any]:
+) -> Sequence[Any]:
     """Build an index once and reuse it while the watched files and folders are unchanged.
 
     The index is a JSON list (paths stored as strings, tuples as lists) under
@@ -292,7 +324,7 @@ def cached_index(
     path = _cache_dir() / f"{digest}.json"
     if path.is_file():
         try:
-            return [_from_json(item) for item in json.loads(path.read_text())]
+            return CachedItems(json.loads(path.read_text()))
         except (OSError, ValueError):
             pass  # a damaged cache is rebuilt below
     items = build()
