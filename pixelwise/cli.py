@@ -253,11 +253,23 @@ def cmd_datasets(args) -> int:
         report = check_dataset(args.name, args.root, args.split, max_examples=args.examples)
         print(format_report(report))
         return report.exit_code
-    print(f"{'name':<12} {'classes':>7}  splits")
+    print(f"{'name':<12} {'classes':>7}  {'splits':<52} options")
     for name in list_datasets():
         cls = dataset_class(name)
-        print(f"{name:<12} {len(cls.classes):>7}  {', '.join(cls.splits)}")
+        count = str(len(cls.classes)) if cls.classes else "yours"
+        print(f"{name:<12} {count:>7}  {', '.join(cls.splits):<52} {', '.join(_options(cls)) or '-'}")
     return 0
+
+
+def _options(cls) -> list[str]:
+    """The keyword-only options of a dataset class, as ``name=default``."""
+    import inspect
+
+    return [
+        f"{p.name}={p.default!r}"
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
 
 
 COMMANDS = {
