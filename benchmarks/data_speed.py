@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_info
 from torch.utils.data import DataLoader
 
 from pixelwise.data import build_dataset
@@ -137,14 +136,7 @@ def main() -> None:
         "pipeline": pipeline,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "machine": machine_info(),
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_info
 from torch import nn
 
 from pixelwise.models import build_model
@@ -129,17 +129,7 @@ def _run_in_subprocess(args: argparse.Namespace, name: str, memory_efficient: bo
 
 
 def _machine(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+    return {**machine_info(), "device": str(device)}
 
 
 def _table(rows: list[dict]) -> str:

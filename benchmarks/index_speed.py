@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine_info
 
 OPEN = (
     "import time, sys; t = time.perf_counter(); from pixelwise.data import build_dataset; "
@@ -60,8 +61,8 @@ def main() -> None:
     print(f"{'open':<8} {'samples':>8} {'seconds':>8}")
     print(f"{'first':<8} {n1:>8} {first:>8.3f}")
     print(f"{'cached':<8} {n2:>8} {second:>8.3f}")
-    result = {"machine": f"{platform.system()} {platform.machine()}", "python": platform.python_version(),
-              "count": args.count, "first_open_s": first, "cached_open_s": second}  # fmt: skip
+    result = {"machine": machine_info(), "count": args.count, "first_open_s": first,
+              "cached_open_s": second}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import machine_info
 from torch import nn
 
 from pixelwise.models import build_model, list_models, model_info
@@ -56,27 +55,6 @@ class Measurement:
     median_ms: float | None = None  # per forward (inference) or per step (training)
     images_per_s: float | None = None
     error: str | None = None
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, object]:
-    info: dict[str, object] = {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def synchronize(device: torch.device) -> None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import machine_info, machine_line
 from torch import nn
 
 from pixelwise.models import build_model
@@ -63,18 +63,6 @@ def time_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor, amp
     return time.perf_counter() - start
 
 
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {cpu}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
@@ -110,15 +98,13 @@ def main() -> None:
                     "pixelwise_ms": 1000 * med["pixelwise"], "smp_ms": 1000 * med["smp"],
                     "ratio": med["pixelwise"] / med["smp"],
                 })  # fmt: skip
-    print(f"linknet vs smp.Linknet(resnet18) at {args.size[0]}x{args.size[1]}, {args.threads} threads, "
-          f"torch {torch.__version__}, {machine()}")
+    print(f"linknet vs smp.Linknet(resnet18) at {args.size[0]}x{args.size[1]}; {machine_line()}")
     print(f"params: pixelwise {count_parameters(ours):,}  smp {count_parameters(peer):,}")
     print(f"{'device':<6} {'mode':<9} {'batch':>5} {'amp+cl':>6} {'pixelwise ms':>13} {'smp ms':>9} {'ratio':>6}")
     for r in rows:
         print(f"{r['device']:<6} {r['mode']:<9} {r['batch']:>5} {str(r['amp_channels_last']):>6} "
               f"{r['pixelwise_ms']:>13.1f} {r['smp_ms']:>9.1f} {r['ratio']:>6.2f}")
-    result = {"machine": machine(), "torch": torch.__version__, "threads": args.threads,
-              "input_size": args.size, "runs": args.runs, "rows": rows}  # fmt: skip
+    result = {"machine": machine_info(), "input_size": args.size, "runs": args.runs, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_info, machine_line
 
 from pixelwise.config import config_from_dict, load_config
 from pixelwise.engine.train import Trainer
@@ -93,24 +93,22 @@ def main() -> None:
         "model": cfg.model.name,
         "config": args.config or "benchmarks/train_camvid.py:unet_config",
         "model_options": cfg.model.options,
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "machine": machine_info(),
         "device": str(trainer.device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "input_size": list(args.size),
         "batch_size": args.batch,
         "iters": args.iters,
         "epochs": round(args.iters * args.batch / len(trainer.train_set), 2),
         "val_mIoU": scores.mean_iou,
         "val_pixel_accuracy": scores.pixel_accuracy,
-        "val_iou": dict(zip(classes, scores.iou)),
+        "val_iou": dict(zip(classes, scores.iou, strict=True)),
         "train_images_per_s": trainer.train_images_per_s,
         "wall_seconds": seconds,
     }
     print(
         f"{cfg.model.name}: val mIoU {100 * scores.mean_iou:.2f} after {args.iters} iterations "
         f"(batch {args.batch}, {args.size[0]}x{args.size[1]}), {trainer.train_images_per_s:.1f} "
-        f"train images/s, {seconds:.0f} s on {result['device']} with {result['threads']} threads"
+        f"train images/s, {seconds:.0f} s on {result['device']}; {machine_line()}"
     )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))

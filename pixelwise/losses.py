@@ -103,7 +103,7 @@ class WithAuxiliary(nn.Module):
                 f"{len(self.aux_weights)} weights; give one weight per auxiliary output"
             )
         loss = self.criterion(logits, target)
-        for weight, aux_logits in zip(self.aux_weights, aux):
+        for weight, aux_logits in zip(self.aux_weights, aux, strict=True):
             if aux_logits.shape[-2:] != logits.shape[-2:]:
                 aux_logits = F.interpolate(
                     aux_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False

@@ -114,7 +114,7 @@ def format_scores(scores: Scores, classes: list[str] | tuple[str, ...]) -> str:
     """A per-class IoU/accuracy table followed by the summary line."""
     width = max(12, *(len(c) for c in classes))
     lines = [f"{'class':<{width}}  {'IoU':>7}  {'acc':>7}"]
-    for name, iou, acc in zip(classes, scores.iou, scores.class_accuracy):
+    for name, iou, acc in zip(classes, scores.iou, scores.class_accuracy, strict=True):
         lines.append(f"{name:<{width}}  {_pct(iou):>7}  {_pct(acc):>7}")
     lines.append(
         f"mIoU {_pct(scores.mean_iou)}  pixel acc {_pct(scores.pixel_accuracy)}  "

@@ -57,7 +57,7 @@ def prediction_grid(
     label edges stay crisp) to stay legible.
     """
     rows = []
-    for image, target, prediction in zip(images, targets, predictions):
+    for image, target, prediction in zip(images, targets, predictions, strict=True):
         factor = max(1, -(-min_height // image.shape[0]))
         image, target, prediction = (
             _enlarge(np.asarray(a.cpu() if isinstance(a, Tensor) else a), factor)

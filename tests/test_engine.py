@@ -95,7 +95,7 @@ def test_resume_gives_identical_parameters(tmp_path):
     resumed = Trainer(config_from_dict(tiny_config(tmp_path / "b")), resume=half.run_dir / "last.pt", progress=False)
     assert resumed.step == 3
     resumed.fit()
-    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
 
 

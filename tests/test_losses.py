@@ -2,7 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixelwise.losses import BootstrappedCrossEntropy, CrossEntropy, WithAuxiliary, build_loss, match_target
+from pixelwise.losses import (
+    BootstrappedCrossEntropy,
+    CrossEntropy,
+    WithAuxiliary,
+    build_loss,
+    match_target,
+)
 
 
 def test_ce_ignores_255_and_applies_weights():

@@ -1,6 +1,11 @@
 import torch
 
-from pixelwise.data.transforms import RandomScale, JointTransform, build_eval_transforms, build_train_transforms
+from pixelwise.data.transforms import (
+    JointTransform,
+    RandomScale,
+    build_eval_transforms,
+    build_train_transforms,
+)
 
 
 def test_masks_are_resized_nearest_never_blended():

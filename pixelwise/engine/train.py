@@ -487,7 +487,7 @@ class Trainer:
 
 
 def _centre_slices(size: tuple[int, int], crop: tuple[int, int]) -> list[slice]:
-    return [slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(size, crop)]
+    return [slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(size, crop, strict=True)]
 
 
 def config_from_checkpoint(payload: dict[str, Any]) -> Config:
