@@ -159,3 +159,13 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
     assert trainer.interrupted
     assert load_checkpoint(trainer.run_dir / "last.pt")["step"] == 1  # the running step finished
     assert signal.getsignal(signal.SIGTERM) == before  # the handler was put back
+
+
+def test_mixed_sizes_in_a_batch_name_the_fix():
+    from pixelwise.engine.loader import collate
+
+    batch = [(torch.zeros(3, 4, 5), torch.zeros(4, 5)), (torch.zeros(3, 6, 5), torch.zeros(6, 5))]
+    with pytest.raises(PixelwiseError, match="val_batch_size=1"):
+        collate(batch)
+    images, masks = collate(batch[:1] * 2)
+    assert images.shape == (2, 3, 4, 5) and masks.shape == (2, 4, 5)

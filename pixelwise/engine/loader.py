@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from pixelwise.errors import PixelwiseError
 
 Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -95,6 +97,17 @@ class SeededTransforms(Dataset):
             torch.set_rng_state(state)  # in the main process (workers=0) leave the caller's RNG as it was
 
 
+def collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Stack a batch; images of different sizes get an error that says how to batch them."""
+    sizes = {tuple(image.shape[-2:]) for image, _ in batch}
+    if len(sizes) > 1:
+        raise PixelwiseError(
+            f"A batch holds images of different sizes {sorted(sizes)[:3]}; set data.crop_size or "
+            "data.resize for training, or data.val_batch_size=1 for evaluation."
+        )
+    return default_collate(batch)
+
+
 def make_loader(
     dataset: Dataset,
     transforms: Transform | None,
@@ -105,6 +118,7 @@ def make_loader(
     return DataLoader(
         SeededTransforms(dataset, transforms),
         batch_sampler=sampler,
+        collate_fn=collate,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,
