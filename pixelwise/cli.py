@@ -81,11 +81,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PixelwiseError as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_sentence(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_sentence(error: PixelwiseError) -> str:
+    """The user's sentence, also when a DataLoader worker wrapped it in its traceback text."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split("PixelwiseError: ", 1)[-1]
+    return text
 
 
 # -- commands ----------------------------------------------------------------------------------

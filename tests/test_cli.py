@@ -72,3 +72,19 @@ def test_datasets_check_exit_codes(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["datasets", "check", "camvid", str(tmp_path / "empty")]) == 2
     assert "expected the folder train/" in capsys.readouterr().err
+
+
+def test_errors_from_loader_workers_stay_one_sentence(tmp_path, capsys):
+    from tests.test_shapes_and_camvid import _write_camvid
+
+    _write_camvid(tmp_path / "cv", ["a.png", "b.png"], value=17)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "unet", "options": {"padding": "same", "base_channels": 2}},
+        "data": {"dataset": "camvid", "root": str(tmp_path / "cv"), "val_split": "train",
+                 "batch_size": 2, "num_workers": 1},
+        "train": {"iters": 1, "out_dir": str(tmp_path / "runs")},
+    }))  # fmt: skip
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Label") and "[17]" in err and len(err.splitlines()) == 1
