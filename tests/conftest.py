@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from tests.paths import SHARED
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,11 @@ from pixelwise.data import build_dataset
 from pixelwise.data.base import voc_colormap
 from pixelwise.data.voc import SEG11VALID_LIST, VOC, VOC_CLASSES, VOC_PALETTE
 from pixelwise.errors import PixelwiseError
+from tests.paths import SHARED
 
 H, W = 8, 12
-SAMPLES = Path("/work/shared/data/samples/voc")
-SHARED_SEG11VALID = Path("/work/shared/data/meta/data/pascal/seg11valid.txt")
+SAMPLES = SHARED / "data/samples/voc"
+SHARED_SEG11VALID = SHARED / "data/meta/data/pascal/seg11valid.txt"
 
 
 @pytest.fixture(autouse=True)
