@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
@@ -71,14 +70,6 @@ def test_too_small_input_names_the_minimum() -> None:
         model(torch.randn(1, 3, 31, 64))
 
 
-def test_eval_mode_is_deterministic() -> None:
-    torch.manual_seed(0)
-    model = build_model("fcdensenet56", num_classes=4).eval()
-    x = torch.randn(1, 3, 48, 64)
-    with torch.no_grad():
-        assert torch.equal(model(x), model(x))
-
-
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_transition_up_sees_only_the_new_maps(name: str) -> None:
     """Each transposed conv must get growth x n_layers of the block before it, not its stack."""
@@ -105,22 +96,6 @@ def test_transition_up_concatenates_upsampled_then_skip() -> None:
     up = TransitionUp(4)
     out = up(torch.randn(1, 4, 3, 5), torch.randn(1, 7, 7, 10))
     assert out.shape == (1, 11, 7, 10)
-
-
-def test_adam_steps_reduce_the_loss_on_one_batch() -> None:
-    torch.manual_seed(0)
-    model = build_model("fcdensenet56", num_classes=3, dropout=0.0)
-    x = torch.randn(2, 3, 64, 64)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()  # a target the pixels themselves decide
-    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = nn.functional.cross_entropy(model(x), y)
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0], losses
 
 
 def _loss_and_grads(model: FCDenseNet, x: torch.Tensor) -> tuple[torch.Tensor, dict]:

@@ -59,3 +59,46 @@ def test_metadata_is_complete(name):
     info = model_info(name)
     assert info.paper and 2014 <= info.year <= 2017
     assert len(info.input_size) == 2 and info.num_classes > 1
+
+
+# Small real forwards for every network. U-Net runs its size-preserving variant here (its valid
+# variant's crop is tested in test_unet.py); FCN's 134M parameters make Adam steps slow, so the
+# loss test skips it (test_fcn.py trains its score layers instead).
+SMALL_OPTIONS = {
+    "unet": {"padding": "same", "base_channels": 8},
+    **{f"fcdensenet{n}": {"dropout": 0.0} for n in (56, 67, 103)},
+}
+HEAVY = {"fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"}
+
+
+def small_model(name: str, num_classes: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, num_classes, **SMALL_OPTIONS.get(name, {}))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_odd_size_gives_logits_of_the_input_size_and_eval_is_deterministic(name):
+    model = small_model(name)
+    x = torch.randn(2, 3, 45, 61)
+    logits = model(x)
+    assert logits.shape == (2, 3, 45, 61)
+    logits.float().mean().backward()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x[:1]), model(x[:1]))
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in HEAVY])
+def test_a_few_adam_steps_drive_the_loss_down(name):
+    model = small_model(name)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3 if name == "enet" else 1e-3)
+    x = torch.randn(2, 3, 64, 64)
+    target = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()  # a target the pixels themselves decide
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
