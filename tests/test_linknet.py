@@ -14,23 +14,15 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
 from pixelwise.models.complexity import count_flops, count_parameters
 from pixelwise.models.linknet import linknet
+from tests.weights import random_torchvision_state
 
 LINKNET_PARAMS = 11_535_659  # REFERENCE.md, 11 classes
 LINKNET_MACS = 9.67e9  # REFERENCE.md, 640x360
 
 
 def _random_resnet18_state() -> dict[str, Tensor]:
-    """torchvision resnet18's layout (read off a meta-device model, fc included), random values."""
-    with torch.device("meta"):
-        reference = torchvision.models.resnet18(weights=None).state_dict()
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-    for key, tensor in reference.items():
-        if tensor.dtype == torch.long:
-            state[key] = torch.randint(0, 1000, tensor.shape, generator=generator)
-        else:
-            state[key] = torch.randn(tensor.shape, generator=generator)
-    return state
+    """torchvision resnet18's layout, fc included, random values."""
+    return random_torchvision_state(torchvision.models.resnet18)
 
 
 def test_parameter_count_matches_reference() -> None:

@@ -14,6 +14,7 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
 from pixelwise.models.complexity import count_flops, count_parameters
 from pixelwise.models.segnet import segnet, vgg16_bn_to_segnet_encoder
+from tests.weights import random_torchvision_state
 
 SEGNET_PARAMS = 29_449_355  # REFERENCE.md, 11 classes, BN affine included
 SEGNET_MACS = 106.7e9  # REFERENCE.md, 360x480
@@ -21,19 +22,11 @@ SEGNET_BASIC_PARAMS = 1_425_000  # the paper's table: 1.425M
 
 
 def _random_vgg16_bn_features() -> dict[str, Tensor]:
-    """torchvision vgg16_bn's ``features.*`` layout (read off a meta-device model), random values."""
-    with torch.device("meta"):
-        reference = torchvision.models.vgg16_bn(weights=None).state_dict()
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-    for key, tensor in reference.items():
-        if not key.startswith("features."):
-            continue  # fc6-fc8 (120M values) are dropped by the conversion anyway
-        if tensor.dtype == torch.long:
-            state[key] = torch.randint(0, 1000, tensor.shape, generator=generator)
-        else:
-            state[key] = torch.randn(tensor.shape, generator=generator)
-    return state
+    """torchvision vgg16_bn's ``features.*`` layout, random values (fc6-fc8, 120M values, are
+    dropped by the conversion anyway)."""
+    return random_torchvision_state(
+        torchvision.models.vgg16_bn, lambda key: key.startswith("features.")
+    )
 
 
 @pytest.mark.parametrize(
