@@ -206,6 +206,7 @@ def cmd_predict(args) -> int:
     from pixelwise.data.base import read_image
     from pixelwise.data.transforms import normalise_image
     from pixelwise.engine.inference import predict_probs
+    from pixelwise.models.layers import center_crop
     from pixelwise.viz import overlay, save_label_png, save_png
 
     payload, meta, model, device = _load_for_inference(args.checkpoint, args.device)
@@ -218,10 +219,8 @@ def cmd_predict(args) -> int:
         label = probs.argmax(1)[0].cpu()
         stem = Path(name).stem
         save_label_png(label, meta["palette"], out / f"{stem}_label.png")
-        rgb = image.permute(1, 2, 0).numpy()
-        if rgb.shape[:2] != tuple(label.shape):  # a valid-padding model predicts the centre only
-            top, left = (rgb.shape[0] - label.shape[0]) // 2, (rgb.shape[1] - label.shape[1]) // 2
-            rgb = rgb[top : top + label.shape[0], left : left + label.shape[1]]
+        # A valid-padding model predicts the centre only: overlay that window of the image.
+        rgb = center_crop(image, tuple(label.shape)).permute(1, 2, 0).numpy()
         save_png(overlay(rgb, label, meta["palette"]), out / f"{stem}_overlay.png")
         print(f"{name} -> {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')}")
     return 0

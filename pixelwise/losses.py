@@ -12,19 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.data.base import IGNORE_INDEX
+from pixelwise.models.layers import center_crop
 
 
 def match_target(logits: Tensor, target: Tensor) -> Tensor:
     """Centre-crop ``target`` to the logits' size when the model returned a smaller, valid crop."""
-    h, w = logits.shape[-2:]
-    th, tw = target.shape[-2:]
-    if (th, tw) == (h, w):
-        return target
-    if th < h or tw < w:
-        raise ValueError(f"logits {h}x{w} are larger than the target {th}x{tw}")
-    top, left = (th - h) // 2, (tw - w) // 2
-    return target[..., top : top + h, left : left + w]
-
+    return center_crop(target, tuple(logits.shape[-2:]))
 
 class CrossEntropy(nn.Module):
     """Pixel-wise cross entropy averaged over the non-ignored pixels of the batch.

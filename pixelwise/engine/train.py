@@ -477,17 +477,13 @@ class Trainer:
         for i in range(n):
             image, target = self.eval_transforms(*self.val_set[i])
             logits = model(image[None].to(self.device))
+            # A valid-padding model predicts the centre only: show the same window of each.
+            image, target = match_target(logits, image), match_target(logits, target)
             images.append(denormalise(image, self.cfg.data.mean, self.cfg.data.std))
             predictions.append(logits.argmax(1)[0].cpu())
-            targets.append(match_target(logits, target[None])[0])
-            if images[-1].shape[:2] != tuple(predictions[-1].shape):
-                images[-1] = images[-1][tuple(_centre_slices(images[-1].shape[:2], predictions[-1].shape))]
+            targets.append(target)
         model.train(was_training)
         return prediction_grid(images, targets, predictions, self.train_set.palette)
-
-
-def _centre_slices(size: tuple[int, int], crop: tuple[int, int]) -> list[slice]:
-    return [slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(size, crop, strict=True)]
 
 
 def config_from_checkpoint(payload: dict[str, Any]) -> Config:

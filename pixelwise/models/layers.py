@@ -74,5 +74,7 @@ def center_crop(x: Tensor, size: tuple[int, int]) -> Tensor:
     th, tw = size
     if th > h or tw > w:
         raise ValueError(f"cannot centre-crop {h}x{w} to the larger {th}x{tw}")
+    if (th, tw) == (h, w):
+        return x
     top, left = (h - th) // 2, (w - tw) // 2
     return x[..., top : top + th, left : left + tw]
