@@ -7,9 +7,12 @@ one is an error that lists the valid keys of its section, so a typo never silent
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -32,13 +35,13 @@ class DataConfig:
     val_options: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"
     val_split: str = "val"
-    crop_size: list[int] | None = None
-    resize: list[int] | None = None
-    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    crop_size: list[int] | None = field(default=None, metadata={"length": 2, "example": [512, 512]})
+    resize: list[int] | None = field(default=None, metadata={"length": 2, "example": [360, 480]})
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0], metadata={"length": 2})
     hflip: bool = True
     color_jitter: float = 0.0
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata={"length": 3})
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata={"length": 3})
     batch_size: int = 8
     val_batch_size: int = 8
     num_workers: int = 2
@@ -51,7 +54,7 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"length": 2})
     alpha: float = 0.99
     eps: float = 1e-8
 
@@ -62,7 +65,7 @@ class ScheduleConfig:
     power: float = 0.9
     step_size: int = 30
     gamma: float = 0.1
-    unit: str = "epoch"
+    unit: Literal["epoch", "iter"] = "epoch"
     warmup_iters: int = 0
     warmup_factor: float = 0.001
     min_lr: float = 0.0
@@ -71,15 +74,15 @@ class ScheduleConfig:
 @dataclass
 class LossConfig:
     name: str = "ce"
-    class_weights: str | list[float] | None = None
+    class_weights: str | list[float] | None = field(default=None, metadata={"example": "median_frequency"})
     top_k: int = 512
     aux_weights: list[float] = field(default_factory=list)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int | None = None
-    iters: int | None = None
+    epochs: int | None = field(default=None, metadata={"example": 100})
+    iters: int | None = field(default=None, metadata={"example": 10000})
     eval_every: int = 1
     log_every: int = 10
     seed: int = 0
@@ -109,8 +112,28 @@ class Config:
 _CHOICES = {
     ("optim", "name"): ("sgd", "adam", "adamw", "rmsprop"),
     ("schedule", "name"): ("poly", "step", "cosine", "exponential", "constant"),
-    ("schedule", "unit"): ("epoch", "iter"),
     ("loss", "name"): ("ce", "bootstrap_ce"),
+}
+
+
+# Smallest sensible values; a list's every element is held to its bound.
+_AT_LEAST = {
+    ("data", "crop_size"): 1,
+    ("data", "resize"): 1,
+    ("data", "color_jitter"): 0,
+    ("data", "batch_size"): 1,
+    ("data", "val_batch_size"): 1,
+    ("data", "num_workers"): 0,
+    ("optim", "lr"): 0,
+    ("optim", "weight_decay"): 0,
+    ("schedule", "step_size"): 1,
+    ("schedule", "warmup_iters"): 0,
+    ("loss", "top_k"): 1,
+    ("train", "epochs"): 1,
+    ("train", "iters"): 1,
+    ("train", "eval_every"): 1,
+    ("train", "log_every"): 1,
+    ("train", "vis_samples"): 0,
 }
 
 
@@ -125,12 +148,12 @@ def _build(cls: type, data: Any, source: str, prefix: str):
     if not isinstance(data, dict):
         raise PixelwiseError(f"{source}: {prefix or 'the top level'} must be a mapping, got {data!r}.")
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
     if unknown:
         where = prefix.rstrip(".") or "the top level"
         raise PixelwiseError(
-            f"{source}: unknown key '{prefix}{unknown[0]}' in {where}; valid keys: {', '.join(names)}."
+            f"{source}: unknown key '{prefix}{unknown[0]}' in {where}; valid keys: {', '.join(fields)}."
         )
     values = {}
     for name, value in data.items():
@@ -138,28 +161,160 @@ def _build(cls: type, data: Any, source: str, prefix: str):
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, source, f"{prefix}{name}.")
         else:
-            values[name] = _check_type(value, hint, f"{prefix}{name}", source)
+            length = fields[name].metadata.get("length")
+            values[name] = _check_type(value, hint, f"{prefix}{name}", source, length, fields[name])
     return cls(**values)
 
 
-def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Accept YAML's natural spellings (an int where a float is expected); reject the rest."""
-    text = str(hint)
-    if value is None:
-        if "None" in text or "Any" in text:
+class _Mismatch(Exception):
+    """A value does not fit a type hint (turned into one sentence by :func:`_check_type`)."""
+
+
+# YAML 1.1 reads 1e-3 and 1E-3 (no dot) as strings; these spellings are numbers all the same.
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def _check_type(
+    value: Any,
+    hint: Any,
+    key: str,
+    source: str,
+    length: int | None = None,
+    spec: dataclasses.Field | None = None,
+) -> Any:
+    """Return ``value`` converted to ``hint`` (an int or ``1e-3`` where a float is expected).
+
+    Raises:
+        PixelwiseError: one sentence naming the key, the value, the expected type and an example.
+    """
+    try:
+        return _coerce(value, hint, length)
+    except _Mismatch:
+        example = _example(hint, length, spec)
+        raise PixelwiseError(
+            f"{source}: {key} is {_show(value)} but must be {_describe(hint, length)}; "
+            f"write it like {key}={example}."
+        ) from None
+
+
+def _coerce(value: Any, hint: Any, length: int | None) -> Any:
+    """``value`` checked against (and converted to) ``hint``; raises :class:`_Mismatch`."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
             return None
-        raise PixelwiseError(f"{source}: {key} must not be null.")
-    if hint is bool and not isinstance(value, bool):
-        raise PixelwiseError(f"{source}: {key} must be true or false, got {value!r}.")
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and not (isinstance(value, int) and not isinstance(value, bool)):
-        raise PixelwiseError(f"{source}: {key} must be an integer, got {value!r}.")
-    if hint is str and not isinstance(value, str):
-        raise PixelwiseError(f"{source}: {key} must be a string, got {value!r}.")
-    if text.startswith("list") and not isinstance(value, list):
-        raise PixelwiseError(f"{source}: {key} must be a list, got {value!r}.")
-    return value
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, length)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if hint is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise _Mismatch
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise _Mismatch
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise _Mismatch
+            return tuple(_coerce(v, a, None) for v, a in zip(value, args, strict=True))
+        if length is not None and len(value) != length:
+            raise _Mismatch
+        item = args[0] if args else Any
+        items = [_coerce(v, item, None) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        key_hint, value_hint = args if args else (Any, Any)
+        return {_coerce(k, key_hint, None): _coerce(v, value_hint, None) for k, v in value.items()}
+    raise TypeError(f"config field type {hint!r} has no check")  # a schema bug, not user input
+
+
+def _describe(hint: Any, length: int | None) -> str:
+    """``hint`` in words, as the sentence of a refused value says it."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        words = [_describe(a, length) for a in args if a is not type(None)]
+        if type(None) in args:
+            words.insert(0, "null")
+        return " or ".join(words)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (list, tuple):
+        count = f"{length} " if length is not None else ""
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            count = f"{len(args)} "
+        item = args[0] if args else Any
+        return f"a list of {count}{_plural(item)}"
+    if origin is dict or hint is dict:
+        return "a mapping of names to values"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, "any value"
+    )
+
+
+def _plural(hint: Any) -> str:
+    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(hint, "values")
+
+
+def _example(hint: Any, length: int | None, spec: dataclasses.Field | None) -> str:
+    """A valid value in the YAML spelling: the field's default when it has one, else a made-up one."""
+    default = None
+    if spec is not None:
+        default = spec.metadata.get("example")
+        if default is None and spec.default is not dataclasses.MISSING:
+            default = spec.default
+        elif default is None and spec.default_factory is not dataclasses.MISSING:
+            default = spec.default_factory()
+    if default is None or default == [] or default == {}:
+        default = _made_up(hint, length)
+    return yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def _made_up(hint: Any, length: int | None) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return _made_up(next(a for a in args if a is not type(None)), length)
+    if origin is Literal:
+        return args[0]
+    if origin in (list, tuple):
+        item = _made_up(args[0] if args else float, None)
+        return [item] * (length or 2)
+    if origin is dict or hint is dict:
+        return {"name": "value"}
+    return {bool: True, int: 2, float: 0.5, str: "name"}.get(hint, "value")
+
+
+def _show(value: Any) -> str:
+    """The refused value as the user wrote it (YAML), not as Python's repr."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    text = text.removesuffix("...").strip()
+    return f"{text!r}" if isinstance(value, str) else text
 
 
 def validate(config: Config, source: str) -> None:
@@ -169,6 +324,21 @@ def validate(config: Config, source: str) -> None:
             raise PixelwiseError(
                 f"{source}: {section}.{key} is {value!r}; choose one of {', '.join(choices)}."
             )
+    for (section, key), low in _AT_LEAST.items():
+        value = getattr(getattr(config, section), key)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and item < low:
+                raise PixelwiseError(
+                    f"{source}: {section}.{key} is {_show(value)}; it must be at least {low}."
+                )
+    if any(s == 0 for s in config.data.std):
+        raise PixelwiseError(f"{source}: data.std is {_show(config.data.std)}; no channel may have std 0; use e.g. [0.229, 0.224, 0.225].")
+    low, high = config.data.scale_range
+    if not 0 < low <= high:
+        raise PixelwiseError(
+            f"{source}: data.scale_range is {_show(config.data.scale_range)}; "
+            "write [low, high] with 0 < low <= high, e.g. [0.5, 2.0]."
+        )
     train = config.train
     if (train.epochs is None) == (train.iters is None):
         raise PixelwiseError(
@@ -191,6 +361,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise PixelwiseError(f"Config file {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise PixelwiseError(f"Config file {path} must hold a mapping of sections, got {_show(data)}.")
     apply_overrides(data, overrides or [], str(path))
     return config_from_dict(data, str(path))
 
