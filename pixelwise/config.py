@@ -74,7 +74,9 @@ class ScheduleConfig:
 @dataclass
 class LossConfig:
     name: str = "ce"
-    class_weights: str | list[float] | None = field(default=None, metadata={"example": "median_frequency"})
+    class_weights: str | list[float] | None = field(
+        default=None, metadata={"example": "median_frequency"}
+    )
     top_k: int = 512
     aux_weights: list[float] = field(default_factory=list)
 
@@ -293,7 +295,7 @@ def _example(hint: Any, length: int | None, spec: dataclasses.Field | None) -> s
             default = spec.default_factory()
     if default is None or default == [] or default == {}:
         default = _made_up(hint, length)
-    return yaml.safe_dump(default, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+    return _show(default).strip("'")
 
 
 def _made_up(hint: Any, length: int | None) -> Any:
@@ -332,7 +334,10 @@ def validate(config: Config, source: str) -> None:
                     f"{source}: {section}.{key} is {_show(value)}; it must be at least {low}."
                 )
     if any(s == 0 for s in config.data.std):
-        raise PixelwiseError(f"{source}: data.std is {_show(config.data.std)}; no channel may have std 0; use e.g. [0.229, 0.224, 0.225].")
+        raise PixelwiseError(
+            f"{source}: data.std is {_show(config.data.std)}; no channel may have std 0; "
+            "use e.g. [0.229, 0.224, 0.225]."
+        )
     low, high = config.data.scale_range
     if not 0 < low <= high:
         raise PixelwiseError(
@@ -362,7 +367,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except yaml.YAMLError as error:
         raise PixelwiseError(f"Config file {path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
-        raise PixelwiseError(f"Config file {path} must hold a mapping of sections, got {_show(data)}.")
+        raise PixelwiseError(
+            f"Config file {path} must hold a mapping of sections, got {_show(data)}."
+        )
     apply_overrides(data, overrides or [], str(path))
     return config_from_dict(data, str(path))
 

@@ -91,7 +91,9 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(("key", "raw", "expected"), BAD_VALUES, ids=[f"{k}={v}" for k, v, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    ("key", "raw", "expected"), BAD_VALUES, ids=[f"{k}={v}" for k, v, _ in BAD_VALUES]
+)
 def test_every_field_is_checked_in_yaml_and_overrides(tmp_path, key, raw, expected):
     section, _, name = key.rpartition(".")
     body = f"{section}:\n  {name}: {raw}\n" if section else f"{name}: {raw}\n"
@@ -112,7 +114,11 @@ def test_every_field_is_checked_in_yaml_and_overrides(tmp_path, key, raw, expect
 
 def test_values_are_converted_to_their_types():
     cfg = config_from_dict(
-        {"train": {"iters": 1}, "data": {"mean": [0, 1, 0], "scale_range": [1, 2]}, "optim": {"lr": 1}}
+        {
+            "train": {"iters": 1},
+            "data": {"mean": [0, 1, 0], "scale_range": [1, 2]},
+            "optim": {"lr": 1},
+        }
     )
     assert cfg.data.mean == [0.0, 1.0, 0.0] and all(type(v) is float for v in cfg.data.mean)
     assert cfg.data.scale_range == [1.0, 2.0] and type(cfg.optim.lr) is float
@@ -125,7 +131,9 @@ def test_a_bad_value_writes_no_run_folder(tmp_path, capsys):
     path.write_text(f"train: {{iters: 1, out_dir: {tmp_path / 'runs'}}}\n")
     assert main(["train", str(path), "data.mean=[a,b,c]"]) == 2
     err = capsys.readouterr().err
-    assert "data.mean is [a, b, c] but must be a list of 3 numbers" in err and "Traceback" not in err
+    assert (
+        "data.mean is [a, b, c] but must be a list of 3 numbers" in err and "Traceback" not in err
+    )
     assert not (tmp_path / "runs").exists()
 
 
