@@ -1,8 +1,15 @@
-"""Checkpoints: written atomically, holding everything a resume needs to continue exactly."""
+"""Checkpoints: plain data written durably, holding everything a resume needs to continue exactly.
+
+A checkpoint holds only tensors and plain Python values (dict, list, tuple, str, int, float, bool,
+None) and every load uses ``torch.load(weights_only=True)``, so a file from someone else can never
+run code. Version 1 checkpoints kept numpy's RNG state as a numpy array; they are still read, with
+exactly the three numpy globals that array needs allowed, and converted on restore.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -12,13 +19,39 @@ import torch
 
 from pixelwise.errors import PixelwiseError
 
-CHECKPOINT_VERSION = 1
+# 2: RNG states as tensors and plain values (loadable with weights_only=True); meta["run"].
+CHECKPOINT_VERSION = 2
+
+
+def _v1_numpy_globals() -> list[Any]:
+    """What a version-1 checkpoint's numpy RNG state (a uint32 array) needs to unpickle, no more."""
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core to np._core
+    names = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    if hasattr(np, "dtypes"):  # numpy >= 1.25 pickles the dtype's class too
+        names.append(np.dtypes.UInt32DType)
+    return names
+
+
+_V1_NUMPY_GLOBALS = _v1_numpy_globals()
 
 
 def capture_rng() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+    """The python, numpy, torch (and CUDA) RNG states as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {
+            "version": version,
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -27,36 +60,96 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`capture_rng` captured; also reads version-1 states (tuples, numpy arrays)."""
+    python = state["python"]
+    if isinstance(python, dict):
+        python = (
+            python["version"],
+            tuple(int(v) for v in python["state"].tolist()),
+            python["gauss"],
+        )
+    random.setstate(python)
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to ``path.tmp`` then rename, so a crash mid-write never leaves a broken checkpoint."""
+    """Write ``path.tmp``, flush and fsync it, then rename over ``path`` and fsync the folder, so a
+    crash or power loss leaves either the old checkpoint or the new one, never an empty file."""
     payload = {"version": CHECKPOINT_VERSION, **payload}
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable where the platform allows opening a folder (not Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint as data only; anything that would run code is refused in one sentence."""
     path = Path(path)
     if not path.is_file():
-        raise PixelwiseError(f"Checkpoint {path} does not exist; pass the best.pt or last.pt of a run.")
+        raise PixelwiseError(
+            f"Checkpoint {path} does not exist; pass the best.pt or last.pt of a run."
+        )
     try:
-        # RNG states hold numpy arrays, so the full unpickler is needed: load only files you trust.
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_V1_NUMPY_GLOBALS):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = _foreign_globals(path)
+        raise PixelwiseError(
+            f"Checkpoint {path} holds Python objects that are not tensors or plain values "
+            f"({names}), and pixelwise never runs code from a checkpoint; use a file written by "
+            "`pixelwise train`."
+        ) from None
     except Exception as error:  # torch raises many types on a corrupt file
-        raise PixelwiseError(f"Checkpoint {path} could not be read ({error}); it may be truncated.") from None
+        reason = " ".join(str(error).split())[:200]
+        raise PixelwiseError(
+            f"Checkpoint {path} could not be read ({reason}); it may be truncated."
+        ) from None
     if not isinstance(payload, dict) or "model" not in payload or "meta" not in payload:
         raise PixelwiseError(
             f"{path} is not a pixelwise checkpoint (no model/meta entries); pass a file written by "
             "`pixelwise train`."
         )
     return payload
+
+
+def _foreign_globals(path: Path) -> str:
+    """The globals a refused pickle names (read from its opcodes, nothing executed)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy (non-zip) file or a corrupt one: the names are a courtesy only
+        return "unknown globals"
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _V1_NUMPY_GLOBALS}
+    foreign = [n for n in names if n not in allowed]
+    return ", ".join(foreign[:3]) or "unknown globals"
 
 
 def check_compatible(meta: dict[str, Any], model_name: str, num_classes: int, source: str) -> None:
