@@ -33,6 +33,11 @@ Deviations from the reference:
   the 3x3 transposed convs then receive the encoder's exact sizes through ``output_size``, and the
   final 2x2 stride-2 transposed conv (which can only double) is cropped by the padded row/column.
   For sizes divisible by 8 this is the reference computation exactly.
+- Batch-norm initialisation. The reference's ``nn.SpatialBatchNormalization`` (torch/nn
+  ``BatchNormalization:reset``) draws every gamma from U(0, 1) and sets beta to 0; here PyTorch's
+  default gamma = 1, beta = 0 is kept (PyTorch itself drew gamma from U(0, 1) before version 1.2,
+  so ports written before then started from the reference's gammas). The non-transposed convs and
+  PReLU start as in Torch: weights and biases from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), slopes 0.25.
 - The paper's two-stage training (encoder first, with a 1x1 classifier on 1/8-resolution labels,
   then the whole network) is a training recipe and is not part of this module; the encoder-only
   classifier is not built.
