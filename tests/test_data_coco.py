@@ -118,7 +118,9 @@ def test_all_class_set_is_background_plus_80(tmp_path):
 
 def test_training_drops_images_with_little_annotation(tmp_path):
     _write(tmp_path, split="train")
-    assert len(build_dataset("coco", tmp_path, split="train")) == 0  # every area <= 1000 px
+    # every area <= 1000 px: an empty split is an error that says how to keep the images
+    with pytest.raises(PixelwiseError, match=r"instances_train2017\.json.*min_area=1000"):
+        len(build_dataset("coco", tmp_path, split="train"))
     kept = build_dataset("coco", tmp_path, split="train", min_area=10)
     assert [image_id for _, image_id in kept.samples] == [1]
     assert len(build_dataset("coco", tmp_path, split="train", class_set="all", min_area=10)) == 2

@@ -131,6 +131,9 @@ class ADE20K(SegmentationDataset):
         folder = _FOLDERS[self.split]
         return (f"images/{folder}", f"annotations/{folder}")
 
+    def index_source(self) -> str:
+        return f"the folder {self.root / 'images' / _FOLDERS[self.split]}"
+
     def build_index(self) -> list[tuple[Path, Path]]:
         folder = _FOLDERS[self.split]
         watch = [self.root / "images" / folder, self.root / "annotations" / folder]

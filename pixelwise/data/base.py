@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +25,11 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.registry import Registry
 
 IGNORE_INDEX = 255
+#: The most pixels an image or label may have. The largest frames of the supported datasets are
+#: about 4k x 4k (16.8 megapixels), so 80 megapixels leaves room for big user images while a
+#: header that claims 100000 x 100000 is refused before anything is allocated. It also stays
+#: under Pillow's own 89.5-megapixel warning threshold, so Pillow never warns first.
+MAX_IMAGE_PIXELS = 80_000_000
 
 Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -92,11 +98,25 @@ class SegmentationDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def index_source(self) -> str:
+        """Where the samples of this split are listed, for the error an empty split raises.
+
+        Subclasses name their list file or folder; the default is the root.
+        """
+        return f"the folder {self.root}"
+
     @property
     def samples(self) -> list[Any]:
         if self._samples is None:
             self.check_root()
-            self._samples = self.build_index()
+            samples = self.build_index()
+            # An empty split would train on nothing and make `datasets check` report no problems.
+            if len(samples) == 0:
+                raise PixelwiseError(
+                    f"Split {self.split!r} of {self.name} has no samples: {self.index_source()} "
+                    "gives none; check that the download was unpacked completely there."
+                )
+            self._samples = samples
         return self._samples
 
     def check_root(self) -> None:
@@ -118,6 +138,11 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         sample = self.samples[index]
         image, mask = self.load_pair(sample)
+        if mask.ndim != 2:
+            raise PixelwiseError(
+                f"Label {self.describe(sample)} decodes to shape {tuple(mask.shape)}, not one HxW "
+                "class map; re-extract it from the original download."
+            )
         if image.shape[-2:] != mask.shape[-2:]:
             raise PixelwiseError(
                 f"Image and label sizes differ for {self.describe(sample)}: image "
@@ -134,40 +159,97 @@ class SegmentationDataset(Dataset):
 
 
 # -- helpers loaders share ---------------------------------------------------------------------
-def read_image(path: Path) -> Tensor:
-    """Decode an image file to ``uint8`` 3xHxW RGB; a corrupt or truncated file names itself."""
+def error_text(error: BaseException, limit: int = 160) -> str:
+    """``"Type: message"`` of a library's exception on one line, cut to ``limit`` characters.
+
+    Parsers put newlines and carets in their messages; ours must stay one sentence.
+    """
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextmanager
+def open_image(path: Path, role: str = "Image") -> Iterator[Image.Image]:
+    """``PIL.Image.open`` that answers every broken file with one sentence naming it.
+
+    A missing file, a header that claims more than :data:`MAX_IMAGE_PIXELS`, and anything the
+    decoder raises on a corrupt or truncated file (Pillow raises OSError, SyntaxError, ValueError,
+    but also struct, zlib and index errors on damaged data) become :class:`PixelwiseError`.
+    ``role`` starts the sentence ("Image", "Label", "Mask").
+    """
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise _too_large(path, role, img.width, img.height)
+            yield img
+    except PixelwiseError:
+        raise
     except FileNotFoundError:
-        raise PixelwiseError(f"Image {path} does not exist; restore it or remove it from the list.") from None
-    except (OSError, ValueError, SyntaxError) as error:
         raise PixelwiseError(
-            f"Image {path} could not be decoded ({error}); re-extract it from the original download."
+            f"{role} {path} does not exist; restore it or remove it from the list."
         ) from None
+    except Image.DecompressionBombError:
+        raise _too_large(path, role, None, None) from None
+    except Exception as error:  # noqa: BLE001 - any decoder failure on a file is that file's fault
+        raise PixelwiseError(
+            f"{role} {path} could not be decoded ({error_text(error)}); re-extract it "
+            "from the original download."
+        ) from None
+
+
+def _too_large(path: Path, role: str, width: int | None, height: int | None) -> PixelwiseError:
+    size = f"{width}x{height} pixels" if width is not None else "a size"
+    return PixelwiseError(
+        f"{role} {path} claims {size} above pixelwise's limit of {MAX_IMAGE_PIXELS // 1_000_000} "
+        "megapixels; re-extract it if the file is damaged, or downscale it if it is really that large."
+    )
+
+
+def read_image(path: Path) -> Tensor:
+    """Decode an image file to ``uint8`` 3xHxW RGB; a corrupt or truncated file names itself."""
+    with open_image(path, "Image") as img:
+        array = np.asarray(img.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def read_label_png(path: Path) -> np.ndarray:
     """Decode a label PNG to its raw values (palette PNGs give their indices, never RGB)."""
+    with open_image(path, "Label") as img:
+        if img.mode not in ("L", "P", "I", "I;16", "1"):
+            raise PixelwiseError(
+                f"Label {path} is a {img.mode} image; labels must be single-channel index or "
+                "palette PNGs (convert colour labels through the dataset palette first)."
+            )
+        array = np.asarray(img)
+    # A 1-bit label gives a bool array, which numpy would take as a mask, not as indices.
+    return array.astype(np.uint8) if array.dtype == bool else array
+
+
+def read_mat(path: Path, what: str, fix: str, **kwargs: Any) -> dict[str, Any]:
+    """``scipy.io.loadmat`` whose every failure is one sentence naming the file and ``fix``.
+
+    scipy raises MatReadError on an empty or foreign file, NotImplementedError on a v7.3 (HDF5)
+    file, and assorted errors on a damaged one; all of them mean the file is not what it should be.
+    """
+    import scipy.io
+
+    if not path.is_file():
+        raise PixelwiseError(f"{what} {path} does not exist; {fix}")
     try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16", "1"):
-                raise PixelwiseError(
-                    f"Label {path} is a {img.mode} image; labels must be single-channel index or "
-                    "palette PNGs (convert colour labels through the dataset palette first)."
-                )
-            array = np.asarray(img)
-    except FileNotFoundError:
-        raise PixelwiseError(f"Label {path} does not exist; restore it or remove it from the list.") from None
-    except (OSError, ValueError, SyntaxError) as error:
+        return scipy.io.loadmat(str(path), **kwargs)
+    except NotImplementedError:
         raise PixelwiseError(
-            f"Label {path} could not be decoded ({error}); re-extract it from the original download."
+            f"{what} {path} is a MATLAB v7.3 (HDF5) file, not the v5 .mat this dataset ships; {fix}"
         ) from None
-    return array
+    except Exception as error:  # noqa: BLE001 - any parser failure on a file is that file's fault
+        raise PixelwiseError(
+            f"{what} {path} could not be read ({error_text(error)}); {fix}"
+        ) from None
 
 
-def lookup_table(mapping: dict[int, int], size: int = 256, default: int = IGNORE_INDEX) -> np.ndarray:
+def lookup_table(
+    mapping: dict[int, int], size: int = 256, default: int = IGNORE_INDEX
+) -> np.ndarray:
     """An array ``lut`` with ``lut[raw] = mapping.get(raw, default)`` for vectorised id remapping."""
     lut = np.full(size, default, dtype=np.int64)
     for raw, train_id in mapping.items():
@@ -182,8 +264,23 @@ def apply_lut(
 
     Build ``lut`` with ``lookup_table(mapping, default=-1)`` and map the void values explicitly,
     so that a corrupt or foreign label file is reported instead of silently becoming ignore.
+    Values outside the table (a 16-bit or signed label given to an 8-bit table) raise the same
+    way instead of failing to index or, for negative values, wrapping around to the table's end.
     """
-    out = lut[raw]
+    raw = np.asarray(raw)
+    if raw.dtype == bool or raw.dtype.kind not in "iub":
+        raise PixelwiseError(
+            f"Label {path} holds {raw.dtype} values, not integer class ids; re-extract the file."
+        )
+    outside = (raw < 0) | (raw >= lut.size)
+    if bool(outside.any()):
+        values = np.unique(raw[outside])[:5].tolist()
+        raise PixelwiseError(
+            f"Label {path} holds {what} {values} outside 0..{lut.size - 1}, which this dataset "
+            "does not define; check that the dataset name and root match the labels, or "
+            "re-extract the file."
+        )
+    out = lut[raw.astype(np.int64)]
     bad = out < 0
     if bool(bad.any()):
         values = np.unique(raw[bad])[:5].tolist()
@@ -267,8 +364,17 @@ def check_mask_values(mask: Tensor, num_classes: int, where: str) -> None:
 def parse_list_file(path: Path) -> list[str]:
     """Non-empty, stripped lines of a split list file, or a clear error when it is absent."""
     if not path.is_file():
-        raise PixelwiseError(f"Split list {path} does not exist; it ships with the dataset download.")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        raise PixelwiseError(
+            f"Split list {path} does not exist; it ships with the dataset download."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise PixelwiseError(
+            f"Split list {path} is not a readable text file ({type(error).__name__}); restore it "
+            "from the dataset download."
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _cache_dir() -> Path:

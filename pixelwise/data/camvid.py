@@ -45,14 +45,22 @@ SEGNET_CLASS_WEIGHTS = (
 _LUT = lookup_table({**{i: i for i in range(11)}, 11: 255}, default=-1)
 
 
+#: The folders of the SegNet tutorial's layout; a list path is resolved from the last of them.
+_SPLIT_FOLDERS = ("train", "trainannot", "val", "valannot", "test", "testannot")
+
+
 def _relative(path_in_list: str, root: Path, list_file: Path) -> Path:
-    """Map "/SegNet/CamVid/train/X.png" (or "train/X.png") to ``root/train/X.png``."""
+    """Map "/SegNet/CamVid/train/X.png" (or "train/X.png") to ``root/train/X.png``.
+
+    Only folder names count, and only exact ones: a file named ``train_001.png`` listed under
+    ``val/`` stays in ``val/``.
+    """
     parts = Path(path_in_list).parts
-    for split_folder_at in range(len(parts) - 1, -1, -1):
-        if parts[split_folder_at].startswith(("train", "val", "test")):
+    for split_folder_at in range(len(parts) - 2, -1, -1):
+        if parts[split_folder_at] in _SPLIT_FOLDERS:
             return root.joinpath(*parts[split_folder_at:])
     raise PixelwiseError(
-        f"{list_file} names {path_in_list!r}, which is under no train/val/test folder; "
+        f"{list_file} names {path_in_list!r}, which is under no {'/'.join(_SPLIT_FOLDERS)} folder; "
         "each line must be 'IMAGE LABEL' as in the SegNet tutorial lists."
     )
 
@@ -71,6 +79,15 @@ class CamVid(SegmentationDataset):
 
     def _parts(self) -> tuple[str, ...]:
         return ("train", "val") if self.split == "trainval" else (self.split,)
+
+    def index_source(self) -> str:
+        sources = [
+            str(self.root / f"{part}.txt")
+            if (self.root / f"{part}.txt").is_file()
+            else f"the folder {self.root / part}"
+            for part in self._parts()
+        ]
+        return " and ".join(sources)
 
     def build_index(self) -> list[tuple[Path, Path]]:
         watch = [self.root / f"{part}.txt" for part in self._parts()]
@@ -99,4 +116,3 @@ class CamVid(SegmentationDataset):
 
     def load_mask(self, sample: tuple[Path, Path]) -> Tensor:
         return to_mask(apply_lut(read_label_png(sample[1]), _LUT, sample[1]))
-

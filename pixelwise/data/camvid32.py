@@ -27,7 +27,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from torch import Tensor
 
 from pixelwise.data.base import (
@@ -36,6 +35,7 @@ from pixelwise.data.base import (
     Transform,
     cached_index,
     file_names,
+    open_image,
     parse_list_file,
     read_image,
     register_dataset,
@@ -130,6 +130,13 @@ class CamVid32(SegmentationDataset):
                     f"missing {missing[:3]}); restore the file from the CamVid download."
                 )
 
+    def index_source(self) -> str:
+        if self.split_file is not None:
+            return str(self.split_file)
+        if self.split in ("train", "val", "trainval"):
+            return f"the built-in list of split {self.split!r} matched against {self.root / IMAGES_FOLDER}"
+        return f"the folder {self.root / IMAGES_FOLDER}"
+
     def build_index(self) -> list[tuple[Path, Path]]:
         watch = [self.root / IMAGES_FOLDER, self.root / LABELS_FOLDER]
         if self.split_file is not None:
@@ -192,15 +199,16 @@ class CamVid32(SegmentationDataset):
 
 
 def read_colour_label(path: Path) -> np.ndarray:
-    """Decode a colour-coded label to HxWx3 ``uint8`` RGB, naming the file when it is broken."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise PixelwiseError(
-            f"Label {path} does not exist; restore it or remove it from the list."
-        ) from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise PixelwiseError(
-            f"Label {path} could not be decoded ({error}); re-extract it from the original download."
-        ) from None
+    """Decode a colour-coded label to HxWx3 ``uint8`` RGB, naming the file when it is broken.
+
+    RGB, RGBA and palette PNGs are colours; a greyscale label is refused, since turning grey
+    levels into RGB would give colours that mean nothing (or, for grey 0, Void).
+    """
+    with open_image(path, "Label") as img:
+        if img.mode not in ("RGB", "RGBA", "P", "PA"):
+            raise PixelwiseError(
+                f"Label {path} is a {img.mode} (greyscale) image; CamVid-32 labels are colour-coded "
+                "RGB PNGs from LabeledApproved_full (the 11-class greyscale labels are dataset "
+                "'camvid')."
+            )
+        return np.asarray(img.convert("RGB"))

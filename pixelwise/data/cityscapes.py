@@ -170,6 +170,9 @@ class Cityscapes(SegmentationDataset):
     def to_label_ids(mask: Tensor | np.ndarray) -> np.ndarray:
         return to_label_ids(mask)
 
+    def index_source(self) -> str:
+        return f"the folder {self.root / 'leftImg8bit' / self.split} (its city folders)"
+
     def build_index(self) -> list[tuple[Path, Path]]:
         images = self.root / "leftImg8bit" / self.split
         labels = self.root / self.gt_folder / self.split

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import numbers
 import warnings
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from pixelwise.data.base import (
     IGNORE_INDEX,
     SegmentationDataset,
     Transform,
+    error_text,
     read_image,
     register_dataset,
     to_mask,
@@ -78,6 +81,101 @@ def category_to_class(class_set: str) -> dict[int, int]:
     if class_set == "all":
         return {cat: index + 1 for index, cat in enumerate(COCO_CATEGORY_IDS)}
     raise PixelwiseError(f"COCO class_set must be 'voc' or 'all', not {class_set!r}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def validate_coco(document: Any, path: Path) -> None:
+    """Raise, naming the file and the entry, where ``document`` is not a COCO instances file.
+
+    Checks what the reader relies on before pycocotools indexes it: the three lists, the fields of
+    every image, category and annotation, and that every annotation's ``image_id`` names an image
+    (pycocotools would silently never look at an annotation whose image is not listed).
+    Segmentations are checked when an image is decoded (:func:`check_segmentation`).
+    """
+
+    def fail(what: str) -> PixelwiseError:
+        return PixelwiseError(f"{path}: {what}; download the annotation file again or fix it.")
+
+    if not isinstance(document, dict):
+        raise fail(f"the top level is a {type(document).__name__}, not a JSON object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(document.get(key), list):
+            raise fail(f"{key!r} is missing or not a list")
+    image_ids = set()
+    for image in document["images"]:
+        if not isinstance(image, dict) or not _is_int(image.get("id")):
+            raise fail(f"image entry {str(image)[:60]!r} has no integer 'id'")
+        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+            raise fail(f"image {image['id']} has no 'file_name'")
+        if not all(_is_int(image.get(k)) and image[k] > 0 for k in ("height", "width")):
+            raise fail(f"image {image['id']} has no positive integer 'height' and 'width'")
+        if image["id"] in image_ids:
+            raise fail(f"image id {image['id']} is listed twice")
+        image_ids.add(image["id"])
+    for category in document["categories"]:
+        if not isinstance(category, dict) or not _is_int(category.get("id")):
+            raise fail(f"category entry {str(category)[:60]!r} has no integer 'id'")
+    for ann in document["annotations"]:
+        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+            raise fail(f"annotation entry {str(ann)[:60]!r} has no integer 'id'")
+        if not _is_int(ann.get("image_id")) or not _is_int(ann.get("category_id")):
+            raise fail(f"annotation {ann['id']} has no integer 'image_id' and 'category_id'")
+        if ann["image_id"] not in image_ids:
+            raise fail(
+                f"annotation {ann['id']} has image_id {ann['image_id']}, which 'images' does not "
+                "list, so it would be dropped without a word"
+            )
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+            raise fail(f"annotation {ann['id']} has a 'bbox' that is not [x, y, w, h]")
+        if not _is_number(ann.get("area", 0.0)) or ann.get("iscrowd", 0) not in (0, 1):
+            raise fail(f"annotation {ann['id']} has an 'area' or 'iscrowd' of the wrong type")
+        if not isinstance(ann.get("segmentation"), list | dict):
+            raise fail(f"annotation {ann['id']} has no 'segmentation' list or RLE object")
+
+
+def check_segmentation(ann: dict[str, Any], height: int, width: int, path: Path) -> None:
+    """Raise where one annotation's segmentation would decode to nothing or to the wrong size.
+
+    A polygon is a flat list of x, y coordinates: an odd count has a coordinate without its
+    partner, which pycocotools rasterises to an empty mask. An RLE must have the image's size.
+    """
+    where = f"{path}: annotation {ann.get('id')} of image {ann.get('image_id')}"
+    segmentation = ann["segmentation"]
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or not all(map(_is_number, polygon)):
+                raise PixelwiseError(
+                    f"{where} has a polygon that is not a list of numbers; fix or remove it."
+                )
+            if len(polygon) % 2:
+                raise PixelwiseError(
+                    f"{where} has a polygon with {len(polygon)} coordinates, an odd number (each "
+                    "point is an x, y pair), which would paint nothing; fix or remove it."
+                )
+        return
+    size = segmentation.get("size")
+    counts = segmentation.get("counts")
+    if size != [height, width]:
+        raise PixelwiseError(
+            f"{where} has an RLE of size {size}, but the image is [{height}, {width}]; fix or "
+            "remove it."
+        )
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+            raise PixelwiseError(
+                f"{where} has RLE counts that do not cover the {height}x{width} image exactly; "
+                "fix or remove it."
+            )
+    elif not isinstance(counts, str):
+        raise PixelwiseError(f"{where} has RLE counts that are neither a list nor a string.")
 
 
 def compose_semantic(
@@ -160,14 +258,28 @@ class COCO(SegmentationDataset):
                     f".zip into {self.root}."
                 )
             try:
-                with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-                    self._coco = CocoApi(str(self.annotation_file))
-            except (ValueError, KeyError, TypeError) as error:
+                document = json.loads(self.annotation_file.read_bytes())
+            except (OSError, ValueError, RecursionError) as error:
                 raise PixelwiseError(
-                    f"{self.annotation_file} is not a COCO instances file ({error!r}); download "
-                    "it again."
+                    f"{self.annotation_file} is not a readable JSON file ({error_text(error)}); "
+                    "download it again."
                 ) from None
+            validate_coco(document, self.annotation_file)
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                coco = CocoApi()
+                coco.dataset = document
+                coco.createIndex()
+            self._coco = coco
         return self._coco
+
+    def index_source(self) -> str:
+        if self.min_area >= 0:
+            return (
+                f"{self.annotation_file} (after dropping images whose {self.class_set!r} "
+                f"annotations cover at most min_area={self.min_area:g} pixels; lower min_area to "
+                "keep them)"
+            )
+        return str(self.annotation_file)
 
     def build_index(self) -> list[tuple[Path, int]]:
         coco = self.coco
@@ -196,6 +308,7 @@ class COCO(SegmentationDataset):
     def _instances(self, image_id: int) -> list[tuple[dict[str, Any], int, np.ndarray]]:
         """``(annotation, class id, HxW uint8 mask)`` of the kept annotations of one image."""
         coco = self.coco
+        info = coco.imgs[image_id]
         found = []
         for ann in coco.imgToAnns.get(image_id, []):
             category = ann["category_id"]
@@ -212,15 +325,22 @@ class COCO(SegmentationDataset):
                 )
             if cls is None:
                 continue  # outside the VOC set: background, as torchvision does
+            check_segmentation(ann, int(info["height"]), int(info["width"]), self.annotation_file)
             try:
                 with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation, not ours
                     warnings.simplefilter("ignore", DeprecationWarning)
                     mask = coco.annToMask(ann)
-            except (TypeError, ValueError, KeyError, IndexError) as error:
+            except Exception as error:  # noqa: BLE001 - pycocotools' C decoder raises many types
                 raise PixelwiseError(
                     f"{self.annotation_file}: annotation {ann.get('id')} of image {image_id} has an "
-                    f"undecodable segmentation ({error!r}); fix or remove it."
+                    f"undecodable segmentation ({error_text(error)}); fix or remove it."
                 ) from None
+            if mask.shape != (int(info["height"]), int(info["width"])):
+                raise PixelwiseError(
+                    f"{self.annotation_file}: annotation {ann.get('id')} of image {image_id} decodes "
+                    f"to {mask.shape}, not the image's {info['height']}x{info['width']}; fix or "
+                    "remove it."
+                )
             found.append((ann, cls, mask))
         return found
 

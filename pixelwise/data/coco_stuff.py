@@ -123,6 +123,9 @@ class COCOStuff(SegmentationDataset):
     def expected_folders(self) -> tuple[str, ...]:  # type: ignore[override]
         return (f"images/{self.split}2017", f"annotations/{self.split}2017")
 
+    def index_source(self) -> str:
+        return f"the folder {self.root / 'images' / f'{self.split}2017'}"
+
     def build_index(self) -> list[tuple[Path, Path]]:
         images = self.root / "images" / f"{self.split}2017"
         labels = self.root / "annotations" / f"{self.split}2017"

@@ -18,9 +18,11 @@ or, with the split in the folder structure::
       - {name: cat, color: [255, 0, 0]}   # a name with its RGB colour
     ignore: 255               # optional: a mask value, or an [R, G, B] colour, that means ignore
 
-Masks are read by their PNG mode: ``L``/``P``/``I;16`` masks hold class ids (a palette PNG gives
-its indices, as in VOC), ``RGB``/``RGBA`` masks hold colours mapped through the class colours
-(alpha is dropped). 255 is always ignore; ``ignore`` names one more value (or a colour) that
+Masks are read by their PNG mode: ``L``/``I;16`` masks hold class ids, ``RGB``/``RGBA`` masks
+hold colours mapped through the class colours (alpha is dropped). A palette (``P``) PNG gives its
+indices, as in VOC, when ``classes.yaml`` gives no colours, and its colours when it does (the
+colours are then what the classes are named by, whatever the PNG stores). Masks must be lossless:
+JPEG masks are refused, since compression blurs the values at every edge. 255 is always ignore; ``ignore`` names one more value (or a colour) that
 becomes 255. An unknown colour or a value outside the classes raises, naming the file.
 
 Splits, first match wins: the ``images/<split>/`` folders when any exists; else the
@@ -39,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image
 from torch import Tensor
 
 from pixelwise.data.base import (
@@ -47,7 +48,9 @@ from pixelwise.data.base import (
     SegmentationDataset,
     Transform,
     cached_index,
+    error_text,
     file_names,
+    open_image,
     parse_list_file,
     read_image,
     register_dataset,
@@ -57,6 +60,9 @@ from pixelwise.data.base import (
 from pixelwise.errors import PixelwiseError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Lossy formats: their masks hold values near, not at, the class ids and colours.
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+_LOSSY_FORMATS = ("JPEG", "MPO")
 SPLIT_NAMES = ("train", "val", "test")
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
 _INDEX_MODES = ("L", "P", "I", "I;16", "1")
@@ -86,7 +92,9 @@ def load_class_file(
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as error:
-        raise PixelwiseError(f"{path} could not be read ({error}); fix its syntax.") from None
+        raise PixelwiseError(
+            f"{path} could not be read ({error_text(error)}); fix its syntax."
+        ) from None
     if isinstance(data, list):
         data = {"classes": data}
     if (
@@ -226,9 +234,28 @@ class Folder(SegmentationDataset):
             )
         return _split_by_fraction(pairs, self.val_fraction, self.split)
 
+    def index_source(self) -> str:
+        layout = self._layout()
+        if layout == "folders" and self.split != "all":
+            return f"the folder {self.root / 'images' / self.split}"
+        if layout == "lists" and self.split != "all":
+            return str(self.root / "splits" / f"{self.split}.txt")
+        if layout == "computed" and self.split != "all":
+            return (
+                f"the folder {self.root / 'images'} split by val_fraction={self.val_fraction} "
+                "(add images, or write splits/train.txt and splits/val.txt)"
+            )
+        return f"the folder {self.root / 'images'}"
+
     def _pairs(self, images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
         images = _by_stem(self.root / images_dir)
         masks = _by_stem(self.root / masks_dir)
+        lossy = sorted(p for p in masks.values() if p.suffix.lower() in LOSSY_EXTENSIONS)
+        if lossy:
+            raise PixelwiseError(
+                f"Mask {lossy[0]} is a JPEG ({len(lossy)} in {self.root / masks_dir}); JPEG "
+                "compression changes mask values at every edge, so save masks as PNG."
+            )
         pairs = []
         for stem in sorted(images):
             if stem not in masks:
@@ -264,7 +291,7 @@ class Folder(SegmentationDataset):
 
     def load_mask(self, sample: tuple[Path, Path]) -> Tensor:
         path = sample[1]
-        raw, colour = _read_mask(path)
+        raw, colour = _read_mask(path, palette_as_colours=self.colours_given)
         if colour:
             return to_mask(self._decode_colours(raw, path))
         mask = raw.astype(np.int64)
@@ -287,26 +314,27 @@ class Folder(SegmentationDataset):
         return rgb_to_index(rgb, colours, values, path)
 
 
-def _read_mask(path: Path) -> tuple[np.ndarray, bool]:
-    """The mask's array and whether it is a colour mask (by PNG mode), naming the file on failure."""
-    try:
-        with Image.open(path) as img:
-            if img.mode in _COLOUR_MODES:
-                return np.asarray(img.convert("RGB")), True
-            if img.mode in _INDEX_MODES:
-                return np.asarray(img), False
+def _read_mask(path: Path, *, palette_as_colours: bool = False) -> tuple[np.ndarray, bool]:
+    """The mask's array and whether it holds colours, naming the file on failure.
+
+    ``palette_as_colours``: decode a palette PNG to its colours (the class file gives colours)
+    instead of to its indices.
+    """
+    with open_image(path, "Mask") as img:
+        if img.format in _LOSSY_FORMATS or "jpeg" in str(img.info.get("compression", "")):
             raise PixelwiseError(
-                f"Mask {path} is a {img.mode} image; save masks as single-channel class ids (L, P, "
-                "I;16) or as RGB colours."
+                f"Mask {path} is JPEG-compressed; JPEG compression changes mask values at every "
+                "edge, so save masks as PNG."
             )
-    except FileNotFoundError:
+        if img.mode in _COLOUR_MODES or (palette_as_colours and img.mode in ("P", "PA")):
+            return np.asarray(img.convert("RGB")), True
+        if img.mode in _INDEX_MODES:
+            array = np.asarray(img)
+            return (array.astype(np.uint8) if array.dtype == bool else array), False
         raise PixelwiseError(
-            f"Mask {path} does not exist; restore it or remove its image."
-        ) from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise PixelwiseError(
-            f"Mask {path} could not be decoded ({error}); save it again."
-        ) from None
+            f"Mask {path} is a {img.mode} image; save masks as single-channel class ids (L, P, "
+            "I;16) or as RGB colours."
+        )
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:

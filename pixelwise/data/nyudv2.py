@@ -56,8 +56,10 @@ from pixelwise.data.base import (
     SegmentationDataset,
     Transform,
     cached_index,
+    error_text,
     parse_list_file,
     read_image,
+    read_mat,
     register_dataset,
     to_mask,
     voc_colormap,
@@ -85,28 +87,37 @@ NUM_RAW_CLASSES = 894
 LABELED_FILE = "nyu_depth_v2_labeled.mat"
 
 
+_META_FIX = (
+    "get it from github.com/ankurhanda/nyuv2-meta-data and put it in the dataset root or pass "
+    "its path as an option."
+)
+
+
 def load_mat(path: Path, what: str) -> dict[str, Any]:
     """``scipy.io.loadmat`` with an error that names the file and where it comes from."""
-    import scipy.io
+    return read_mat(path, what, _META_FIX)
 
-    if not path.is_file():
+
+def mat_field(mat: dict[str, Any], key: str, path: Path, what: str) -> np.ndarray:
+    """``mat[key]`` as an integer array, or one sentence naming the file and the missing field."""
+    if key not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
         raise PixelwiseError(
-            f"{what} {path} does not exist; get it from github.com/ankurhanda/nyuv2-meta-data "
-            "and put it in the dataset root or pass its path as an option."
+            f"{what} {path} has no {key!r} (it holds {', '.join(found) or 'nothing'}); {_META_FIX}"
         )
-    try:
-        return scipy.io.loadmat(str(path))
-    except (OSError, ValueError, NotImplementedError) as error:
+    array = np.asarray(mat[key])
+    if array.dtype.kind not in "iuf" or array.size == 0:
         raise PixelwiseError(
-            f"{what} {path} could not be read ({error}); download it again."
-        ) from None
+            f"{what} {path} has a {key!r} of type {array.dtype} and size {array.size}, not a list "
+            f"of integers; {_META_FIX}"
+        )
+    return array.ravel().astype(np.int64)
 
 
 def read_mapping40(path: Path) -> np.ndarray:
     """``mapClass`` of classMapping40.mat: 894 values in 1..40 (entry r-1 for raw id r)."""
-    mapping = (
-        np.asarray(load_mat(path, "The 40-class mapping")["mapClass"]).ravel().astype(np.int64)
-    )
+    what = "The 40-class mapping"
+    mapping = mat_field(load_mat(path, what), "mapClass", path, what)
     if mapping.size != NUM_RAW_CLASSES or mapping.min() < 1 or mapping.max() > 40:
         raise PixelwiseError(
             f"{path} 'mapClass' has {mapping.size} entries in {mapping.min()}..{mapping.max()}; "
@@ -120,25 +131,50 @@ def read_mapping13(path: Path) -> np.ndarray:
 
     Returns the 1-based 13-class ids of either the 40 classes or, directly, the 894 raw classes.
     """
-    mat = load_mat(path, "The 13-class mapping")
+    what = "The 13-class mapping"
+    mat = load_mat(path, what)
     if "classMapping13" in mat:
-        struct = mat["classMapping13"]
-        field = "mapClass" if "mapClass" in (struct.dtype.names or ()) else struct.dtype.names[0]
-        mapping = np.asarray(struct[0, 0][field])
+        struct = np.asarray(mat["classMapping13"])
+        names = struct.dtype.names or ()
+        if "mapClass" not in names or struct.size != 1:
+            raise PixelwiseError(
+                f"{path} 'classMapping13' has no 'mapClass' field (it has "
+                f"{', '.join(names) or 'no fields'}); use class13Mapping.mat of "
+                "ankurhanda/nyuv2-meta-data."
+            )
+        mapping = mat_field({"mapClass": struct.ravel()[0]["mapClass"]}, "mapClass", path, what)
     elif "mapClass" in mat:
-        mapping = np.asarray(mat["mapClass"])
+        mapping = mat_field(mat, "mapClass", path, what)
     else:
         raise PixelwiseError(
             f"{path} holds neither 'classMapping13' nor 'mapClass'; use class13Mapping.mat of "
             "ankurhanda/nyuv2-meta-data."
         )
-    mapping = mapping.ravel().astype(np.int64)
     if mapping.size not in (40, NUM_RAW_CLASSES) or mapping.min() < 1 or mapping.max() > 13:
         raise PixelwiseError(
             f"{path} maps {mapping.size} classes to {mapping.min()}..{mapping.max()}; expected 40 "
             "or 894 entries in 1..13."
         )
     return mapping
+
+
+def raw_to_13(table: np.ndarray, raw_to_40: np.ndarray | None, path: Path | None) -> np.ndarray:
+    """The 13-class id of every raw label value, from a 40-entry or an 894-entry ``table``.
+
+    ``raw_to_40`` is the 894 -> 40 mapping of the official layout, or None for FCN's labels,
+    which hold the 40 classes already. A 40-entry table is indexed by the 40-class ids; an
+    894-entry table is indexed by the raw ids, which FCN's labels no longer hold, so it is refused
+    there rather than read at the wrong positions.
+    """
+    if table.size == 40:
+        return table if raw_to_40 is None else table[raw_to_40 - 1]
+    if raw_to_40 is None:
+        raise PixelwiseError(
+            f"{path} maps the 894 raw NYUDv2 classes, but FCN's data/nyud labels hold the 40 classes "
+            "already; give a 40-entry table (class13Mapping.mat) or leave mapping13_file out to "
+            "use the built-in 40 -> 13 table."
+        )
+    return table
 
 
 def label_lut(raw_to_class: np.ndarray, size: int) -> np.ndarray:
@@ -228,7 +264,8 @@ class NYUDv2(SegmentationDataset):
                 "to validate, or FCN's data/nyud layout for its train/val halves."
             )
         key = "testNdxs" if self.split == "test" else "trainNdxs"
-        indices = np.asarray(load_mat(self.splits_file, "The split file")[key]).ravel().astype(int)
+        what = "The split file"
+        indices = mat_field(load_mat(self.splits_file, what), key, self.splits_file, what)
         count = self._num_frames()
         if indices.size and (indices.min() < 1 or indices.max() > count):
             raise PixelwiseError(
@@ -242,7 +279,20 @@ class NYUDv2(SegmentationDataset):
 
         # Opened and closed here so that no handle exists when DataLoader workers fork.
         with self._open_h5(h5py) as f:
-            return int(f["labels"].shape[0])
+            try:
+                shapes = {name: getattr(f[name], "shape", None) for name in ("images", "labels")}
+            except Exception as error:  # noqa: BLE001 - h5py raises many types on a damaged file
+                raise PixelwiseError(
+                    f"{self.labeled_file} is not a readable MATLAB v7.3 (HDF5) file "
+                    f"({error_text(error)}); download nyu_depth_v2_labeled.mat again."
+                ) from None
+        images, labels = shapes["images"], shapes["labels"]
+        if images is None or labels is None or len(images) != 4 or len(labels) != 3:
+            raise PixelwiseError(
+                f"{self.labeled_file} holds 'images' of shape {images} and 'labels' of shape "
+                f"{labels}, not (N, 3, W, H) and (N, W, H); download nyu_depth_v2_labeled.mat again."
+            )
+        return int(labels[0])
 
     def _fcn_index(self) -> list[tuple[Path, Path]]:
         parts = ("train", "val") if self.split == "trainval" else (self.split,)
@@ -262,6 +312,14 @@ class NYUDv2(SegmentationDataset):
 
         return cached_index(("nyudv2-fcn", self.root.resolve(), self.split), watch, scan)
 
+    def index_source(self) -> str:
+        if self.official:
+            key = "testNdxs" if self.split == "test" else "trainNdxs"
+            return f"'{key}' of {self.splits_file}"
+        if self.split == "trainval" and not (self.root / "trainval.txt").is_file():
+            return f"{self.root / 'train.txt'} and {self.root / 'val.txt'}"
+        return str(self.root / f"{self.split}.txt")
+
     def describe(self, sample: Any) -> str:
         if isinstance(sample, int):
             return f"{self.labeled_file} (frame {sample + 1})"
@@ -277,12 +335,12 @@ class NYUDv2(SegmentationDataset):
     def _open_h5(self, h5py: Any) -> Any:
         try:
             f = h5py.File(self.labeled_file, "r")
-        except OSError as error:
+            missing = [name for name in ("images", "labels") if name not in f]
+        except Exception as error:  # noqa: BLE001 - h5py raises many types on a damaged file
             raise PixelwiseError(
-                f"{self.labeled_file} is not a readable MATLAB v7.3 (HDF5) file ({error}); "
-                "download nyu_depth_v2_labeled.mat again."
+                f"{self.labeled_file} is not a readable MATLAB v7.3 (HDF5) file "
+                f"({error_text(error)}); download nyu_depth_v2_labeled.mat again."
             ) from None
-        missing = [name for name in ("images", "labels") if name not in f]
         if missing:
             f.close()
             raise PixelwiseError(
@@ -308,49 +366,84 @@ class NYUDv2(SegmentationDataset):
     def lut(self) -> np.ndarray:
         """Raw label value -> class id (or 255), built once from the mapping files."""
         if self._lut is None:
-            if self.official:
-                raw_to_40, size = read_mapping40(self.mapping40_file), 1 << 16
-            else:  # FCN's .mat labels are already the 40 classes
-                raw_to_40, size = np.arange(1, 41), 256
+            # FCN's .mat labels hold the 40 classes already: no raw -> 40 table applies to them.
+            raw_to_40 = read_mapping40(self.mapping40_file) if self.official else None
+            size = 1 << 16 if self.official else 256
             if self.class_set == 13:
                 table = (
                     read_mapping13(self.mapping13_file)
                     if self.mapping13_file
                     else np.asarray(NYU40_TO_13)
                 )
-                raw_to_class = table if table.size == raw_to_40.size else table[raw_to_40 - 1]
+                raw_to_class = raw_to_13(table, raw_to_40, self.mapping13_file)
             else:
-                raw_to_class = raw_to_40
+                raw_to_class = raw_to_40 if raw_to_40 is not None else np.arange(1, 41)
             self._lut = label_lut(raw_to_class, size)
         return self._lut
 
+    def _frame(self, name: str, sample: int, ndim: int) -> np.ndarray:
+        """Array ``name`` of frame ``sample`` from the HDF5 file, naming the file when it is broken."""
+        try:
+            array = np.asarray(self._file()[name][sample])
+        except PixelwiseError:
+            raise
+        except Exception as error:  # noqa: BLE001 - h5py raises many types on a damaged file
+            raise PixelwiseError(
+                f"{self.labeled_file} could not be read at '{name}' frame {sample + 1} "
+                f"({error_text(error)}); download nyu_depth_v2_labeled.mat again."
+            ) from None
+        if array.ndim != ndim or array.dtype.kind not in "iuf":
+            raise PixelwiseError(
+                f"{self.labeled_file} '{name}' frame {sample + 1} has shape {array.shape} and type "
+                f"{array.dtype}; download nyu_depth_v2_labeled.mat again."
+            )
+        return array
+
     def load_image(self, sample: Any) -> Tensor:
         if isinstance(sample, int):
-            array = np.asarray(self._file()["images"][sample])  # 3 x W x H
+            array = self._frame("images", sample, 3)  # 3 x W x H
+            if array.shape[0] != 3 or array.dtype != np.uint8:
+                raise PixelwiseError(
+                    f"{self.labeled_file} 'images' frame {sample + 1} is {array.dtype} of shape "
+                    f"{array.shape}, not 3xWxH uint8; download nyu_depth_v2_labeled.mat again."
+                )
             return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 2, 1)))
         return read_image(sample[0])
 
     def load_mask(self, sample: Any) -> Tensor:
         if isinstance(sample, int):
-            raw = np.asarray(self._file()["labels"][sample]).T
+            raw = self._frame("labels", sample, 2).T
+            where = self.describe(sample)
         else:
             raw = self._read_fcn_label(sample[1])
+            where = str(sample[1])
+        if raw.dtype.kind == "f":
+            if not bool(np.all(np.isfinite(raw) & (raw == np.round(raw)))):
+                raise PixelwiseError(
+                    f"Label {where} holds non-integer values; labels are class ids, re-extract it."
+                )
+        raw = raw.astype(np.int64)
+        if raw.size and int(raw.min()) < 0:
+            raise PixelwiseError(
+                f"Label {where} holds the negative value {int(raw.min())}; NYUDv2 labels are 0 "
+                "(unlabeled) and class ids from 1; re-extract it."
+            )
         lut = self.lut()
         # Values beyond the table stay raw so that the mask check names them.
         return to_mask(np.where(raw < lut.size, lut[np.minimum(raw, lut.size - 1)], raw))
 
     def _read_fcn_label(self, path: Path) -> np.ndarray:
-        try:
-            mat = load_mat(path, "Label")
-        except PixelwiseError:
-            raise PixelwiseError(
-                f"Label {path} does not exist or is unreadable; restore it from FCN's data/nyud."
-            ) from None
+        fix = "restore it from FCN's data/nyud."
+        mat = read_mat(path, "Label", fix)
         if "segmentation" not in mat:
+            raise PixelwiseError(f"Label {path} has no 'segmentation' array; {fix}")
+        array = np.asarray(mat["segmentation"])
+        if array.ndim != 2 or array.dtype.kind not in "iuf":
             raise PixelwiseError(
-                f"Label {path} has no 'segmentation' array; restore it from FCN's data/nyud."
+                f"Label {path} has a 'segmentation' of shape {array.shape} and type {array.dtype}, "
+                f"not an HxW class map; {fix}"
             )
-        return np.asarray(mat["segmentation"]).astype(np.int64)
+        return array
 
     def load_depth(self, sample: Any) -> Tensor:
         """Depth in metres, ``float32`` 1xHxW (official layout only)."""
@@ -362,7 +455,7 @@ class NYUDv2(SegmentationDataset):
         f = self._file()
         if "depths" not in f:
             raise PixelwiseError(f"{self.labeled_file} has no 'depths' dataset; download it again.")
-        depth = np.asarray(f["depths"][sample], dtype=np.float32).T
+        depth = self._frame("depths", sample, 2).astype(np.float32).T
         return torch.from_numpy(np.ascontiguousarray(depth))[None]
 
     def load_pair(self, sample: Any) -> tuple[Tensor, Tensor]:

@@ -109,6 +109,11 @@ class SUNRGBD(SegmentationDataset):
         name = "training" if self.split == "train" else "testing"
         return self.root / f"sunrgbd_{name}_images.txt"
 
+    def index_source(self) -> str:
+        if self.list_file.is_file():
+            return str(self.list_file)
+        return f"the folder {self.root / self.image_folder}"
+
     def build_index(self) -> list[tuple[Path, Path]]:
         watch = [self.list_file, self.root / self.image_folder, self.root / self.label_folder]
         key = ("sunrgbd", self.root.resolve(), self.split, self.image_folder, self.label_folder)
@@ -117,13 +122,15 @@ class SUNRGBD(SegmentationDataset):
     def _count(self) -> int:
         if self.list_file.is_file():
             return len(parse_list_file(self.list_file))
-        images = sorted((self.root / self.image_folder).glob("img-*.jpg"))
+        images = sorted(
+            p for p in (self.root / self.image_folder).glob("img-*.jpg") if p.stem[4:].isdigit()
+        )
         if not images:
             raise PixelwiseError(
                 f"{self.root / self.image_folder} holds no img-NNNNNN.jpg files and "
                 f"{self.list_file.name} is absent; unpack SUNRGBD-{self.split}_images.tgz there."
             )
-        return int(images[-1].stem.split("-")[1])
+        return max(int(p.stem[4:]) for p in images)
 
     def _scan(self) -> list[tuple[Path, Path]]:
         # Train labels come after the 5050 test labels in the one numbered sequence.
@@ -139,9 +146,10 @@ class SUNRGBD(SegmentationDataset):
 
     def load_mask(self, sample: tuple[Path, Path]) -> Tensor:
         raw = read_label_png(sample[1])
-        if raw.dtype != np.uint8 and raw.size and int(raw.max()) > 255:
+        if raw.size and (int(raw.max()) > 255 or int(raw.min()) < 0):
+            value = int(raw.max()) if int(raw.max()) > 255 else int(raw.min())
             raise PixelwiseError(
-                f"Label {sample[1]} holds the value {int(raw.max())}; SUN RGB-D labels are 0..37 "
+                f"Label {sample[1]} holds the value {value}; SUN RGB-D labels are 0..37 "
                 "(0 = unlabeled); re-extract sunrgbd_train_test_labels.tar.gz."
             )
         return to_mask(_LUT[raw])

@@ -35,17 +35,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 from torch import Tensor
 
 from pixelwise.data.base import (
     SegmentationDataset,
     Transform,
     cached_index,
+    error_text,
     file_names,
     parse_list_file,
     read_image,
     read_label_png,
+    read_mat,
     register_dataset,
     to_mask,
     voc_colormap,
@@ -74,19 +75,21 @@ def read_sbd_mat(path: Path) -> np.ndarray:
     ``GTcls`` is a 1x1 MATLAB struct; ``loadmat`` makes it a (1, 1) record array, so ``[0]`` picks
     the row, ``['Segmentation']`` the field (one object per column) and ``[0]`` the HxW array.
     """
+    fix = "re-extract it from benchmark_RELEASE/dataset/cls of the SBD download."
+    mat = read_mat(path, "Label", fix, variable_names=["GTcls"])
     try:
-        mat = scipy.io.loadmat(str(path), variable_names=["GTcls"])
-        segmentation = mat["GTcls"][0]["Segmentation"][0]
-    except FileNotFoundError:
+        segmentation = np.asarray(mat["GTcls"][0]["Segmentation"][0])
+    except (KeyError, IndexError, ValueError, TypeError) as error:
         raise PixelwiseError(
-            f"Label {path} does not exist; restore it from the SBD download."
+            f"Label {path} is not an SBD class file with GTcls.Segmentation "
+            f"({error_text(error)}); {fix}"
         ) from None
-    except (KeyError, IndexError, ValueError, TypeError, OSError) as error:
+    if segmentation.ndim != 2 or segmentation.dtype.kind not in "iu":
         raise PixelwiseError(
-            f"Label {path} is not an SBD class file with GTcls.Segmentation ({error}); "
-            "re-extract it from benchmark_RELEASE/dataset/cls."
-        ) from None
-    return np.asarray(segmentation)
+            f"Label {path} has a GTcls.Segmentation of shape {segmentation.shape} and type "
+            f"{segmentation.dtype}, not an HxW integer class map; {fix}"
+        )
+    return segmentation
 
 
 @register_dataset("voc")
@@ -147,6 +150,18 @@ class VOC(SegmentationDataset):
                 )
 
     # -- index ---------------------------------------------------------------------------------
+    def index_source(self) -> str:
+        sets = self.root / "ImageSets/Segmentation"
+        if self.split in _VOC_SPLITS:
+            return str(sets / f"{self.split}.txt")
+        if self.split == "seg11valid":
+            return str(SEG11VALID_LIST)
+        if self.split in _SBD_SPLITS:
+            return str(Path(self.sbd_root or "") / f"{_SBD_SPLITS[self.split]}.txt")
+        if self.sbd_root is None:
+            return str(sets / "trainaug.txt")
+        return f"{sets / 'train.txt'} with {self.sbd_root}/train.txt and val.txt, less {sets / 'val.txt'}"
+
     def build_index(self) -> list[tuple[Path, Path]]:
         sets = self.root / "ImageSets/Segmentation"
         # list files are watched themselves: editing one in place leaves its folder's mtime alone
