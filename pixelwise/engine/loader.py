@@ -8,6 +8,7 @@ at any step, or used any number of loader workers.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import torch
@@ -108,6 +109,17 @@ def collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     return default_collate(batch)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the main process.
+
+    A scheduler signals the whole process group; a worker that died of it would take the run down
+    ("DataLoader worker killed") before the main process finished its step and saved ``last.pt``.
+    The main process stops its workers itself when it stops iterating.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: Dataset,
     transforms: Transform | None,
@@ -115,6 +127,13 @@ def make_loader(
     num_workers: int,
     pin_memory: bool = False,
 ) -> DataLoader:
+    """A DataLoader over ``(index, seed)`` batches that never touches the global RNG.
+
+    Without its own ``generator`` a DataLoader draws its workers' base seed from torch's global
+    RNG each time an iterator starts, so a run resumed mid-epoch (a new iterator where the straight
+    run had none) would shift dropout and every later draw. Every sample is seeded by the sampler,
+    so the generator's value itself does not matter; a fixed seed keeps workers reproducible.
+    """
     return DataLoader(
         SeededTransforms(dataset, transforms),
         batch_sampler=sampler,
@@ -122,4 +141,6 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(sampler.seed * 100_003 + sampler.epoch),
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
