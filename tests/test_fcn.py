@@ -13,7 +13,15 @@ import torchvision
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
 from pixelwise.models.complexity import count_flops, count_parameters
-from pixelwise.models.fcn import FCN, fcn8s, fcn8s_atonce, fcn16s, fcn32s, vgg16_to_fcn_state_dict
+from pixelwise.models.fcn import (
+    FCN,
+    fcn8s,
+    fcn8s_atonce,
+    fcn16s,
+    fcn32s,
+    legacy_fcn_keys,
+    vgg16_to_fcn_state_dict,
+)
 from pixelwise.models.layers import bilinear_kernel
 
 BUILDERS = {"fcn32s": fcn32s, "fcn16s": fcn16s, "fcn8s": fcn8s, "fcn8s_atonce": fcn8s_atonce}
@@ -117,7 +125,7 @@ def test_fcn32s_small_forward_and_backward() -> None:
     out = model(torch.randn(1, 3, 64, 80))
     assert out.shape == (1, 4, 64, 80)
     out.square().mean().backward()
-    assert model.backbone.conv1_1.weight.grad is not None
+    assert model.backbone.conv("conv1_1").weight.grad is not None
     assert model.upscore.weight.grad is None
 
 
@@ -160,8 +168,8 @@ def test_vgg16_weights_from_a_file_load_exactly(tmp_path) -> None:
 
     backbone = model.backbone
     for name, index in zip(CONV_NAMES, TORCHVISION_CONV_INDICES, strict=True):
-        assert torch.equal(getattr(backbone, name).weight, state[f"features.{index}.weight"])
-        assert torch.equal(getattr(backbone, name).bias, state[f"features.{index}.bias"])
+        assert torch.equal(backbone.conv(name).weight, state[f"features.{index}.weight"])
+        assert torch.equal(backbone.conv(name).bias, state[f"features.{index}.bias"])
     assert torch.equal(backbone.fc6.weight, state["classifier.0.weight"].view(4096, 512, 7, 7))
     assert torch.equal(backbone.fc6.bias, state["classifier.0.bias"])
     assert torch.equal(backbone.fc7.weight, state["classifier.3.weight"].view(4096, 4096, 1, 1))
@@ -230,6 +238,23 @@ def test_nan_classifier_is_refused() -> None:
 def test_missing_weights_file_raises(tmp_path) -> None:
     with pytest.raises(PixelwiseError, match="does not exist"):
         fcn16s(weights_backbone=tmp_path / "nope.pth")
+
+
+def test_checkpoints_with_caffe_conv_names_still_load() -> None:
+    # Before the shared backbone, FCN's convs were named backbone.conv1_1 ... backbone.conv5_3.
+    with torch.device("meta"):
+        model = fcn32s(num_classes=3)
+    state = model.state_dict()
+    renames = dict(zip(TORCHVISION_CONV_INDICES, CONV_NAMES, strict=True))
+    old = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if key.startswith("backbone.vgg.features."):
+            key = f"backbone.{renames[int(parts[3])]}.{parts[4]}"
+        old[key] = value
+    assert "backbone.conv5_3.weight" in old
+    assert set(legacy_fcn_keys(old)) == set(state)
+    model.load_state_dict(old, assign=True)
 
 
 @pytest.mark.slow

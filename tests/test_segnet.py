@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
 from pixelwise.models.complexity import count_flops, count_parameters
-from pixelwise.models.segnet import segnet, vgg16_bn_to_segnet_encoder
+from pixelwise.models.segnet import SEGNET, SEGNET_BASIC, legacy_segnet_keys, segnet
 from tests.weights import random_torchvision_state
 
 SEGNET_PARAMS = 29_449_355  # REFERENCE.md, 11 classes, BN affine included
@@ -46,7 +46,7 @@ def test_segnet_forward_backward_odd_size() -> None:
     logits = model(x)
     assert logits.shape == (2, 11, 250, 333)
     logits.square().mean().backward()
-    assert model.encoder[0][0][0].weight.grad is not None
+    assert model.encoder.features[0].weight.grad is not None
     assert model.classifier.weight.grad is not None
 
 
@@ -74,23 +74,22 @@ def test_vgg16_bn_weights_load_from_a_path(tmp_path) -> None:
     path = tmp_path / "vgg16_bn.pth"
     torch.save(state, path)
     model = segnet(num_classes=3, weights_backbone=path)
+    # The shared backbone keeps torchvision's layout: every features.* tensor lands under its name.
     encoder = model.encoder.state_dict()
-    expected = vgg16_bn_to_segnet_encoder(state)
-    assert set(encoder) == set(expected)
-    for key, tensor in expected.items():
+    assert set(encoder) == set(state)
+    for key, tensor in state.items():
         assert torch.equal(encoder[key], tensor), key
-    # Spot-check the mapping itself: conv5_3 is features.40, its BN features.41.
-    assert torch.equal(model.encoder[4][2][0].weight, state["features.40.weight"])
-    assert torch.equal(model.encoder[4][2][1].running_var, state["features.41.running_var"])
+    # conv5_3 is features.40, its BN features.41.
+    assert torch.equal(model.encoder.features[40].weight, state["features.40.weight"])
+    assert torch.equal(model.encoder.features[41].running_var, state["features.41.running_var"])
 
 
 def test_vgg16_bn_classifier_is_dropped_and_old_files_load() -> None:
     state = _random_vgg16_bn_features()
     state["classifier.6.weight"] = torch.zeros(1000, 4096)
     del state["features.1.num_batches_tracked"]  # files saved before PyTorch 0.4.1 lack it
-    converted = vgg16_bn_to_segnet_encoder(state)
-    assert not any(k.startswith("classifier") for k in converted)
-    assert converted["0.0.1.num_batches_tracked"].item() == 0
+    model = segnet(num_classes=3, weights_backbone=state)
+    assert model.encoder.features[1].num_batches_tracked.item() == 0
 
 
 def test_vgg16_bn_weights_with_a_wrong_shape_name_the_key() -> None:
@@ -101,11 +100,39 @@ def test_vgg16_bn_weights_with_a_wrong_shape_name_the_key() -> None:
 
 
 def test_vgg16_without_bn_is_rejected() -> None:
-    with torch.device("meta"):
-        keys = torchvision.models.vgg16(weights=None).state_dict().keys()
-    state = {k: torch.zeros(1) for k in keys}
+    state = random_torchvision_state(
+        torchvision.models.vgg16, lambda key: key.startswith("features.")
+    )
     with pytest.raises(PixelwiseError, match="vgg16_bn"):
-        vgg16_bn_to_segnet_encoder(state)
+        segnet(num_classes=3, weights_backbone=state)
+
+
+@pytest.mark.parametrize(("name", "config"), [("segnet", SEGNET), ("segnet_basic", SEGNET_BASIC)])
+def test_checkpoints_in_the_layout_before_the_shared_backbone_still_load(name, config) -> None:
+    torch.manual_seed(0)
+    state = build_model(name, 3).state_dict()
+    # The earlier layout, written by hand: encoder.{stage}.{layer}.{0 conv | 1 BN}.*, where the
+    # shared backbone counts torchvision-style (conv, BN, ReLU per layer, one pool per stage).
+    index_of, index = {}, 0
+    for stage, widths in enumerate(config.stages):
+        for layer in range(len(widths)):
+            index_of[(stage, layer)] = index
+            index += 3
+        index += 1
+    old = {}
+    for (stage, layer), first in index_of.items():
+        for sub in (0, 1):
+            for key, value in state.items():
+                prefix = f"encoder.features.{first + sub}."
+                if key.startswith(prefix):
+                    old[f"encoder.{stage}.{layer}.{sub}.{key[len(prefix):]}"] = value
+    old |= {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    assert len(old) == len(state)
+    assert set(legacy_segnet_keys(old, stages=config.stages)) == set(state)
+    fresh = build_model(name, 3)
+    fresh.load_state_dict(old)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state[key]), key
 
 
 @pytest.mark.slow

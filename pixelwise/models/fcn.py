@@ -19,7 +19,10 @@ Reference code followed: shelhamer/fcn.berkeleyvision.org, ``voc-fcn32s/net.py``
 - At-once: pool4 and pool3 are scaled by the fixed factors 0.01 and 0.0001 before their score
   layers.
 
-Layer names are the Caffe net's (``backbone.conv1_1`` ... ``backbone.fc7``, ``score_fr``,
+The VGG16 convs are the shared :class:`~pixelwise.models.backbones.VGGBackbone` (torchvision's
+layout, ``backbone.vgg.features.N``; :func:`caffe_conv_names` gives their Caffe names and
+:meth:`VGG16FCNBackbone.conv` finds one by it); the other layers keep the Caffe net's names
+(``backbone.fc6``, ``backbone.fc7``, ``score_fr``,
 ``score_pool4``, ``upscore2`` ...), so a converted Caffe model maps one to one.
 
 Deviations:
@@ -34,7 +37,6 @@ Deviations:
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
@@ -42,11 +44,11 @@ from torch import Tensor, nn
 
 from pixelwise.errors import PixelwiseError
 from pixelwise.models.backbones import (
+    VGG16_STAGES,
+    VGGBackbone,
     WeightsSource,
-    describe_source,
-    load_backbone_state_dict,
-    load_strict,
-    vgg16_feature_indices,
+    load_backbone,
+    rename_keys_on_load,
 )
 from pixelwise.models.layers import BilinearConvTranspose2d, crop_like
 from pixelwise.models.registry import register_model
@@ -56,29 +58,20 @@ PAPER = (
     "(arXiv:1411.4038)"
 )
 
-# (stage, output channels, convs) of VGG16's five conv stages.
-_VGG16_STAGES: tuple[tuple[int, int, int], ...] = (
-    (1, 64, 2),
-    (2, 128, 2),
-    (3, 256, 3),
-    (4, 512, 3),
-    (5, 512, 3),
-)
 _FC_CHANNELS = 4096
 
 
-def _vgg16_conv_shapes() -> list[tuple[str, int, int]]:
-    """``(caffe name, in channels, out channels)`` of the 13 convs, in order."""
-    shapes, in_channels = [], 3
-    for stage, out_channels, n_convs in _VGG16_STAGES:
-        for i in range(1, n_convs + 1):
-            shapes.append((f"conv{stage}_{i}", in_channels, out_channels))
-            in_channels = out_channels
-    return shapes
+def caffe_conv_names() -> list[str]:
+    """Caffe names of VGG16's 13 convs, in order: ``conv1_1`` ... ``conv5_3``."""
+    return [
+        f"conv{stage}_{i}"
+        for stage, widths in enumerate(VGG16_STAGES, start=1)
+        for i in range(1, len(widths) + 1)
+    ]
 
 
-class VGG16FCNBackbone(nn.Sequential):
-    """VGG16 made fully convolutional, with the Caffe FCN's layer names and padding.
+class VGG16FCNBackbone(nn.Module):
+    """VGG16 made fully convolutional: the shared :class:`VGGBackbone` plus ``fc6``/``fc7``.
 
     ``forward`` returns ``(pool3, pool4, fc7)``: strides 8, 16 and 32 relative to the padded input,
     with 256, 512 and 4096 channels. ``conv1_1``'s padding of 100 makes ``fc7`` at least 1x1 for any
@@ -86,37 +79,32 @@ class VGG16FCNBackbone(nn.Sequential):
     """
 
     def __init__(self) -> None:
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        in_channels = 3
-        for stage, out_channels, n_convs in _VGG16_STAGES:
-            for i in range(1, n_convs + 1):
-                padding = 100 if stage == i == 1 else 1
-                layers[f"conv{stage}_{i}"] = nn.Conv2d(
-                    in_channels, out_channels, 3, padding=padding
-                )
-                layers[f"relu{stage}_{i}"] = nn.ReLU(inplace=True)
-                in_channels = out_channels
-            # Caffe rounds pooled sizes up; ceil_mode does the same for these unpadded pools.
-            layers[f"pool{stage}"] = nn.MaxPool2d(2, 2, ceil_mode=True)
-        layers["fc6"] = nn.Conv2d(512, _FC_CHANNELS, 7)
-        layers["relu6"] = nn.ReLU(inplace=True)
-        layers["drop6"] = nn.Dropout(0.5)
-        layers["fc7"] = nn.Conv2d(_FC_CHANNELS, _FC_CHANNELS, 1)
-        layers["relu7"] = nn.ReLU(inplace=True)
-        layers["drop7"] = nn.Dropout(0.5)
-        super().__init__(layers)
+        super().__init__()
+        self.vgg = VGGBackbone(
+            batch_norm=False, first_padding=100, return_layers=("pool3", "pool4", "pool5")
+        )
+        self.fc6 = nn.Conv2d(512, _FC_CHANNELS, 7)
+        self.fc7 = nn.Conv2d(_FC_CHANNELS, _FC_CHANNELS, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(0.5)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        taps: dict[str, Tensor] = {}
-        for name, layer in self.named_children():
-            x = layer(x)
-            if name in ("pool3", "pool4"):
-                taps[name] = x
-        return taps["pool3"], taps["pool4"], x
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        pool3, pool4, pool5 = self.vgg(x)
+        fc6 = self.drop(self.relu(self.fc6(pool5)))
+        fc7 = self.drop(self.relu(self.fc7(fc6)))
+        return pool3, pool4, fc7
+
+    def conv(self, caffe_name: str) -> nn.Conv2d:
+        """The conv the Caffe net calls ``caffe_name`` (``conv1_1`` ... ``conv5_3``)."""
+        convs = [m for m in self.vgg.features if isinstance(m, nn.Conv2d)]
+        return convs[caffe_conv_names().index(caffe_name)]
+
+    def convert(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return vgg16_to_fcn_state_dict(state)
 
 
 def vgg16_to_fcn_state_dict(
@@ -124,17 +112,10 @@ def vgg16_to_fcn_state_dict(
 ) -> dict[str, Tensor]:
     """Convert torchvision's VGG16 state dict into :class:`VGG16FCNBackbone`'s layout.
 
-    ``features.N.{weight,bias}`` become ``convS_I.{weight,bias}``; ``classifier.0`` (4096x25088)
-    becomes the 7x7 conv ``fc6`` (4096x512x7x7, torchvision flattens C, H, W in that order);
-    ``classifier.3`` (4096x4096) becomes the 1x1 conv ``fc7``; the ImageNet classifier
-    ``classifier.6`` is dropped. Pure: ``state`` is not modified.
-
-    Args:
-        state: the publisher's state dict, e.g. ``torchvision.models.vgg16().state_dict()``.
-        source: what ``state`` came from, for the error message.
-
-    Returns:
-        A new dict with exactly the backbone's keys.
+    ``features.N.*`` become ``vgg.features.N.*`` (the shared backbone keeps torchvision's layout);
+    ``classifier.0`` (4096x25088) becomes the 7x7 conv ``fc6`` (4096x512x7x7, torchvision flattens
+    C, H, W in that order); ``classifier.3`` (4096x4096) becomes the 1x1 conv ``fc7``; the ImageNet
+    classifier ``classifier.6`` is dropped. Pure: ``state`` is not modified.
 
     Raises:
         PixelwiseError: a key is missing, unexpected, or has the wrong shape (the message names
@@ -142,8 +123,13 @@ def vgg16_to_fcn_state_dict(
     """
     # (torchvision key prefix, our key prefix, torchvision weight shape, our weight shape)
     plan: list[tuple[str, str, tuple[int, ...], tuple[int, ...]]] = []
-    for index, (name, cin, cout) in zip(vgg16_feature_indices(), _vgg16_conv_shapes(), strict=True):
-        plan.append((f"features.{index}", name, (cout, cin, 3, 3), (cout, cin, 3, 3)))
+    with torch.device("meta"):
+        reference = VGGBackbone(batch_norm=False).state_dict()
+    for key, tensor in reference.items():
+        if key.endswith(".weight"):
+            prefix = key.removesuffix(".weight")
+            shape = tuple(tensor.shape)
+            plan.append((prefix, f"vgg.{prefix}", shape, shape))
     plan.append(("classifier.0", "fc6", (_FC_CHANNELS, 512 * 7 * 7), (_FC_CHANNELS, 512, 7, 7)))
     plan.append(
         ("classifier.3", "fc7", (_FC_CHANNELS, _FC_CHANNELS), (_FC_CHANNELS, _FC_CHANNELS, 1, 1))
@@ -184,6 +170,26 @@ def vgg16_to_fcn_state_dict(
     return converted
 
 
+def legacy_fcn_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keys of FCN checkpoints written before the shared backbone (Caffe names) -> today's.
+
+    ``backbone.conv1_1.*`` -> ``backbone.vgg.features.0.*`` and so on; ``backbone.fc6/fc7`` keep
+    their names. Other keys pass unchanged. Pure.
+    """
+    with torch.device("meta"):
+        reference = VGGBackbone(batch_norm=False).state_dict()
+    indices = [k.removesuffix(".weight") for k in reference if k.endswith(".weight")]
+    renames = {
+        f"backbone.{name}.": f"backbone.vgg.{index}."
+        for name, index in zip(caffe_conv_names(), indices, strict=True)
+    }
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        prefix = next((p for p in renames if key.startswith(p)), None)
+        out[key if prefix is None else renames[prefix] + key[len(prefix) :]] = value
+    return out
+
+
 def _score(in_channels: int, num_classes: int) -> nn.Conv2d:
     """A 1x1 scoring conv initialised to zero, as in the reference (Caffe's default filler)."""
     conv = nn.Conv2d(in_channels, num_classes, 1)
@@ -219,6 +225,8 @@ class FCN(nn.Module):
         self.pool4_scale = 0.01 if at_once else 1.0
         self.pool3_scale = 0.0001 if at_once else 1.0
         self.backbone = VGG16FCNBackbone()
+        # Checkpoints written before the shared backbone name the convs by their Caffe names.
+        self.register_load_state_dict_pre_hook(rename_keys_on_load(legacy_fcn_keys))
         self.score_fr = _score(_FC_CHANNELS, num_classes)
         if output_stride == 32:
             self.upscore = _upscore(num_classes, 64, 32)
@@ -254,13 +262,8 @@ def _build_fcn(
     num_classes: int, weights_backbone: WeightsSource, output_stride: int, at_once: bool = False
 ) -> FCN:
     """Build an FCN and load ImageNet VGG16 into its backbone; the score layers keep zero init."""
-    state = load_backbone_state_dict(weights_backbone)
-    source = describe_source(weights_backbone)
-    # Convert before building, so that a wrong file fails before 134M parameters are allocated.
-    converted = None if state is None else vgg16_to_fcn_state_dict(state, source=source)
     model = FCN(num_classes, output_stride, at_once=at_once)
-    if converted is not None:
-        load_strict(model.backbone, converted, source)
+    load_backbone(model.backbone, weights_backbone)
     return model
 
 

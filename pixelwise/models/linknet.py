@@ -28,23 +28,15 @@ exactly the reference's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import resnet18
 
-from pixelwise.models.backbones import (
-    WeightsSource,
-    describe_source,
-    load_backbone_state_dict,
-    load_strict,
-)
+from pixelwise.models.backbones import ResNetBackbone, WeightsSource, load_backbone
 from pixelwise.models.layers import ConvBNReLU
 from pixelwise.models.registry import register_model
 
-__all__ = ["LinkNet", "LinkNetDecoder", "ResNet18Encoder", "linknet", "resnet18_to_linknet_encoder"]
+__all__ = ["LinkNet", "LinkNetDecoder", "linknet"]
 
 # (in, out, stride) of decoder blocks 1..4, as in model.lua's bypass2dec/decode calls.
 DECODER_BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -55,38 +47,6 @@ DECODER_BLOCKS: tuple[tuple[int, int, int], ...] = (
 )
 # model.lua builds the decoder's SpatialBatchNormalization with eps 1e-3.
 DECODER_BN_EPS = 1e-3
-
-
-class ResNet18Encoder(nn.Module):
-    """torchvision ResNet-18 without ``avgpool``/``fc``; its state-dict keys are torchvision's.
-
-    ``forward`` returns the five maps the decoder needs: the stem's max-pool output (64 ch, stride
-    4) and the outputs of ``layer1``..``layer4`` (64/128/256/512 ch, strides 4/8/16/32). With
-    stride-2 convs padded by 1 every size rounds up: an H-pixel side becomes ceil(H/2).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        net = resnet18(weights=None)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            net.layer1,
-            net.layer2,
-            net.layer3,
-            net.layer4,
-        )
-
-    def stem(self, x: Tensor) -> Tensor:
-        """The 7x7/2 conv, BN and ReLU (stride 2), before the max pool."""
-        return self.relu(self.bn1(self.conv1(x)))
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.stem(x))
-        features = [x]
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
-            features.append(x)
-        return features
 
 
 class LinkNetDecoder(nn.Module):
@@ -115,7 +75,8 @@ class LinkNet(nn.Module):
     """LinkNet with a ResNet-18 encoder; logits N x C x H x W for any input N x 3 x H x W.
 
     Attributes:
-        encoder: ``ResNet18Encoder`` (keys as torchvision's ``resnet18`` without ``fc``).
+        encoder: the shared ``ResNetBackbone(18)`` (keys as torchvision's ``resnet18`` without
+            ``fc``), returning the stem's max-pool output and ``layer1``..``layer4``.
         decoder: blocks 1..4 (block k undoes encoder block k).
         head_up, head_bn, head_conv: the 3x3/2 full conv + BN + ReLU and 3x3 conv + BN + ReLU.
         classifier: the final 2x2/2 full conv 32 -> C (raw logits).
@@ -123,7 +84,10 @@ class LinkNet(nn.Module):
 
     def __init__(self, *, num_classes: int) -> None:
         super().__init__()
-        self.encoder = ResNet18Encoder()
+        # The stem's max-pool output and layer1..4: 64/64/128/256/512 ch at strides 4/4/8/16/32.
+        self.encoder = ResNetBackbone(
+            18, return_layers=("stem", "layer1", "layer2", "layer3", "layer4")
+        )
         self.decoder = nn.ModuleList(LinkNetDecoder(m, n, stride=s) for m, n, s in DECODER_BLOCKS)
         self.head_up = nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1)
         self.head_bn = nn.BatchNorm2d(32)
@@ -165,25 +129,9 @@ def _init_like_model_lua(model: LinkNet) -> None:
             nn.init.zeros_(module.bias)
 
 
-def resnet18_to_linknet_encoder(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """torchvision ``resnet18`` weights -> ``ResNet18Encoder`` keys: the same names without ``fc``.
-
-    A missing BN ``num_batches_tracked`` (files saved before PyTorch 0.4.1) becomes 0. Shapes and
-    the remaining key set are checked by ``load_strict``, which names any key that differs.
-    """
-    converted = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    for key in list(converted):
-        if key.endswith(".running_mean"):
-            tracked = key.removesuffix("running_mean") + "num_batches_tracked"
-            converted.setdefault(tracked, torch.tensor(0, dtype=torch.long))
-    return converted
-
-
 def _build_linknet(*, num_classes: int, weights_backbone: WeightsSource) -> LinkNet:
     model = LinkNet(num_classes=num_classes)
-    state = load_backbone_state_dict(weights_backbone)
-    if state is not None:
-        load_strict(model.encoder, resnet18_to_linknet_encoder(state), describe_source(weights_backbone))
+    load_backbone(model.encoder, weights_backbone)
     return model
 
 

@@ -28,32 +28,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelwise.errors import PixelwiseError
 from pixelwise.models.backbones import (
+    VGG16_STAGES,
+    VGGBackbone,
     WeightsSource,
-    describe_source,
-    load_backbone_state_dict,
-    load_strict,
-    vgg16_bn_feature_indices,
+    load_backbone,
+    rename_keys_on_load,
 )
 from pixelwise.models.layers import ConvBNReLU
 from pixelwise.models.registry import register_model
 
-__all__ = ["SegNet", "segnet", "segnet_basic", "vgg16_bn_to_segnet_encoder"]
+__all__ = ["SegNet", "legacy_segnet_keys", "segnet", "segnet_basic"]
 
-# Output widths of the convs of each VGG16 stage (conv1_1..conv5_3); the decoder mirrors them.
-VGG16_STAGES: tuple[tuple[int, ...], ...] = (
-    (64, 64),
-    (128, 128),
-    (256, 256, 256),
-    (512, 512, 512),
-    (512, 512, 512),
-)
 SEGNET_BASIC_STAGES: tuple[tuple[int, ...], ...] = ((64,), (64,), (64,), (64,))
 
 
@@ -107,16 +98,39 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, *, relu: boo
     )
 
 
-def _encoder(config: SegNetConfig, in_channels: int) -> nn.ModuleList:
-    """One ``nn.Sequential`` of conv+BN+ReLU per stage; pooling is applied between them."""
-    stages = []
-    for widths in config.stages:
-        layers = []
-        for width in widths:
-            layers.append(_conv_bn(in_channels, width, config.kernel_size, relu=True))
-            in_channels = width
-        stages.append(nn.Sequential(*layers))
-    return nn.ModuleList(stages)
+def _encoder(config: SegNetConfig, in_channels: int) -> VGGBackbone:
+    """The shared VGG-style backbone: conv (with bias) + BN + ReLU per layer, ceil-mode pools."""
+    return VGGBackbone(
+        stages=config.stages,
+        batch_norm=True,
+        in_channels=in_channels,
+        kernel_size=config.kernel_size,
+        return_layers=(f"pool{len(config.stages)}",),
+    )
+
+
+def legacy_segnet_keys(
+    state: Mapping[str, Tensor], *, stages: tuple[tuple[int, ...], ...] = VGG16_STAGES
+) -> dict[str, Tensor]:
+    """Keys of SegNet checkpoints written before the shared backbone -> today's.
+
+    ``encoder.{stage}.{layer}.{0 conv | 1 BN}.*`` -> ``encoder.features.{i}.*``, ``i`` counted in
+    torchvision's layout (conv, BN, ReLU per layer; a pool per stage). Other keys pass. Pure.
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if len(parts) >= 5 and parts[0] == "encoder" and parts[1].isdigit() and parts[2].isdigit():
+            stage, layer, sub = int(parts[1]), int(parts[2]), int(parts[3])
+            index = _features_index(stage, layer, stages) + sub
+            key = f"encoder.features.{index}." + ".".join(parts[4:])
+        out[key] = value
+    return out
+
+
+def _features_index(stage: int, layer: int, widths: tuple[tuple[int, ...], ...]) -> int:
+    """Index of a conv in a VGG-BN ``features`` list: 3 modules per conv, 1 pool per stage."""
+    return sum(3 * len(w) + 1 for w in widths[:stage]) + 3 * layer
 
 
 def _decoder(config: SegNetConfig) -> nn.ModuleList:
@@ -160,8 +174,10 @@ class SegNet(nn.Module):
             nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if config.input_lrn else None
         )
         self.encoder = _encoder(config, in_channels)
-        # return_indices: the decoder's "Upsample" needs the argmax masks (pool*_mask in Caffe).
-        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)
+        # Checkpoints written before the shared backbone used per-stage keys.
+        self.register_load_state_dict_pre_hook(
+            rename_keys_on_load(partial(legacy_segnet_keys, stages=config.stages))
+        )
         self.decoder = _decoder(config)
         width = config.stages[0][0]
         self.classifier = nn.Conv2d(
@@ -172,13 +188,8 @@ class SegNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.lrn is not None:
             x = self.lrn(x)
-        indices: list[Tensor] = []
-        sizes: list[torch.Size] = []
-        for stage in self.encoder:
-            x = stage(x)
-            sizes.append(x.shape[-2:])
-            x, index = self.pool(x)
-            indices.append(index)
+        # The decoder's "Upsample" needs the argmax masks (pool*_mask in Caffe).
+        x, indices, sizes = self.encoder.forward_with_indices(x)
         for stage, index, size in zip(
             self.decoder, reversed(indices), reversed(sizes), strict=True
         ):
@@ -200,68 +211,11 @@ def _init_like_prototxt(model: nn.Module) -> None:
             nn.init.constant_(module.bias, 0.001)
 
 
-def vgg16_bn_to_segnet_encoder(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename torchvision ``vgg16_bn`` weights to the keys of ``SegNet.encoder``.
-
-    ``features.{i}.{weight,bias}`` (conv i) and ``features.{i+1}.{weight,bias,running_mean,
-    running_var,num_batches_tracked}`` (its BN) become ``{stage}.{layer}.0.*`` and
-    ``{stage}.{layer}.1.*``. The classifier (``classifier.*``: fc6-fc8) is dropped. A missing
-    ``num_batches_tracked`` (files saved before PyTorch 0.4.1) becomes 0.
-
-    Raises:
-        PixelwiseError: naming the key when a tensor is missing, has the wrong shape, or is not
-            part of ``vgg16_bn`` (for example ``vgg16`` weights without BN).
-    """
-    conv_indices = iter(vgg16_bn_feature_indices())
-    expected: dict[str, tuple[str, tuple[int, ...]]] = {}  # torchvision key -> (our key, shape)
-    in_channels = 3
-    for stage, widths in enumerate(VGG16_STAGES):
-        for layer, width in enumerate(widths):
-            conv = next(conv_indices)
-            ours = f"{stage}.{layer}"
-            expected[f"features.{conv}.weight"] = (f"{ours}.0.weight", (width, in_channels, 3, 3))
-            expected[f"features.{conv}.bias"] = (f"{ours}.0.bias", (width,))
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                expected[f"features.{conv + 1}.{name}"] = (f"{ours}.1.{name}", (width,))
-            expected[f"features.{conv + 1}.num_batches_tracked"] = (
-                f"{ours}.1.num_batches_tracked",
-                (),
-            )
-            in_channels = width
-
-    unexpected = sorted(k for k in state if k not in expected and not k.startswith("classifier."))
-    if unexpected:
-        raise PixelwiseError(
-            f"VGG16-BN weights hold unexpected key {unexpected[0]!r} ({len(unexpected)} in all); "
-            "pass torchvision vgg16_bn weights (VGG16_BN_Weights), not another VGG."
-        )
-    converted: dict[str, Tensor] = {}
-    for key, (ours, shape) in expected.items():
-        if key not in state:
-            if key.endswith("num_batches_tracked"):
-                converted[ours] = torch.tensor(0, dtype=torch.long)
-                continue
-            raise PixelwiseError(
-                f"VGG16-BN weights lack {key!r}; pass torchvision vgg16_bn weights "
-                "(VGG16_BN_Weights) or a state dict saved from torchvision.models.vgg16_bn()."
-            )
-        tensor = state[key]
-        if tuple(tensor.shape) != shape:
-            raise PixelwiseError(
-                f"VGG16-BN weight {key!r} has shape {tuple(tensor.shape)}, SegNet's {ours!r} needs "
-                f"{shape}; pass weights of torchvision's vgg16_bn with 3 input channels."
-            )
-        converted[ours] = tensor
-    return converted
-
-
 def _build_segnet(
     config: SegNetConfig, *, num_classes: int, weights_backbone: WeightsSource
 ) -> SegNet:
     model = SegNet(config, num_classes=num_classes)
-    state = load_backbone_state_dict(weights_backbone)
-    if state is not None:
-        load_strict(model.encoder, vgg16_bn_to_segnet_encoder(state), describe_source(weights_backbone))
+    load_backbone(model.encoder, weights_backbone)
     return model
 
 
