@@ -161,3 +161,20 @@ def test_second_open_uses_the_cache(root: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(CamVid32, "_scan", no_scan)
     assert CamVid32(root, split="test").samples == first
+
+
+def test_a_greyscale_label_is_refused(root: Path) -> None:
+    grey = np.full((H, W), 128, np.uint8)  # as RGB this would be (128, 128, 128), Sky
+    Image.fromarray(grey, mode="L").save(root / "LabeledApproved_full" / f"{TEST_FRAMES[0]}_L.png")
+    dataset = build_dataset("camvid32", root, split="test")
+    with pytest.raises(PixelwiseError, match=r"is a L \(greyscale\) image.*'camvid'"):
+        dataset[0]
+
+
+def test_a_palette_label_is_read_by_colour(root: Path) -> None:
+    rgb, ids = colour_label(9)
+    img = Image.fromarray(rgb).quantize(colors=32, method=Image.Quantize.FASTOCTREE, dither=0)
+    assert np.array_equal(np.asarray(img.convert("RGB")), rgb)  # exact: 32 colours fit
+    img.save(root / "LabeledApproved_full" / f"{TEST_FRAMES[0]}_L.png")
+    _, mask = build_dataset("camvid32", root, split="test")[0]
+    np.testing.assert_array_equal(mask.numpy(), ids)

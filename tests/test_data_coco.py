@@ -162,3 +162,52 @@ def test_missing_annotation_file_and_wrong_root(tmp_path):
         len(build_dataset("coco", tmp_path, split="val"))
     with pytest.raises(PixelwiseError, match="class_set"):
         build_dataset("coco", tmp_path, split="val", class_set="stuff")
+
+
+def _edit_annotations(root: Path, edit) -> None:
+    path = root / "annotations" / "instances_val2017.json"
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+def test_a_polygon_with_an_odd_number_of_coordinates_is_refused(tmp_path):
+    _write(tmp_path)
+    _edit_annotations(tmp_path, lambda d: d["annotations"][3]["segmentation"][0].pop())
+    dataset = build_dataset("coco", tmp_path, split="val")
+    with pytest.raises(PixelwiseError, match=r"annotation 4 of image 1 has a polygon with 7") as e:
+        dataset[0]
+    assert "instances_val2017.json" in str(e.value)
+
+
+def test_an_annotation_of_an_unlisted_image_is_refused(tmp_path):
+    _write(tmp_path)
+    _edit_annotations(tmp_path, lambda d: d["annotations"][6].update(image_id=99))
+    with pytest.raises(PixelwiseError, match="annotation 7 has image_id 99, which 'images'"):
+        len(build_dataset("coco", tmp_path, split="val"))
+
+
+def test_an_rle_of_another_size_is_refused(tmp_path):
+    _write(tmp_path)
+    _edit_annotations(tmp_path, lambda d: d["annotations"][2]["segmentation"].update(size=[H, 9]))
+    with pytest.raises(
+        PixelwiseError, match=r"annotation 3 of image 1 has an RLE of size \[6, 9\]"
+    ):
+        build_dataset("coco", tmp_path, split="val")[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[1, 2]", "top level is a list"),
+        ('{"images": [], "categories": []}', "'annotations' is missing"),
+        ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "no 'file_name'"),
+        ('{"images": [', "not a readable JSON file"),
+    ],
+)
+def test_a_wrong_annotation_file_is_one_sentence(tmp_path, text, match):
+    _write(tmp_path)
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(text)
+    with pytest.raises(PixelwiseError, match=match) as error:
+        len(build_dataset("coco", tmp_path, split="val"))
+    assert "\n" not in str(error.value)

@@ -197,3 +197,43 @@ def test_second_open_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(Folder, "_scan", no_scan)
     assert Folder(root, split="all").samples == first
+
+
+def test_jpeg_masks_are_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path, ["a"])
+    (root / "masks/a.png").unlink()
+    Image.fromarray(index_mask(0) * 100).save(root / "masks/a.jpg", quality=30)
+    with pytest.raises(PixelwiseError, match=r"a\.jpg is a JPEG.*save masks as PNG"):
+        len(Folder(root, split="all"))
+
+
+def test_a_jpeg_saved_under_a_png_name_is_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path, ["a"])
+    Image.fromarray(index_mask(0)).save(root / "masks/a.png", format="JPEG", quality=30)
+    with pytest.raises(PixelwiseError, match=r"a\.png is JPEG-compressed"):
+        Folder(root, split="all")[0]
+
+
+def test_palette_masks_are_read_by_colour_when_classes_give_colours(tmp_path: Path) -> None:
+    root = make_root(tmp_path, ["a"])
+    classes = [
+        {"name": n, "color": list(c)} for n, c in zip(("bg", "cat", "dog"), COLOURS, strict=True)
+    ]
+    (root / "classes.yaml").write_text(json.dumps({"classes": classes}))
+    ids = index_mask(4)
+    ids[0, 0] = 0
+    # The PNG's palette orders the colours differently from classes.yaml: index 0 is dog's
+    # colour, 1 is bg's, 2 is cat's. Read by index, every pixel would be another class.
+    stored = np.array([1, 2, 0], np.uint8)[ids]
+    img = Image.fromarray(stored, mode="P")
+    img.putpalette([*COLOURS[2], *COLOURS[0], *COLOURS[1]] + [0] * 759)
+    img.save(root / "masks/a.png")
+    np.testing.assert_array_equal(Folder(root, split="all")[0][1].numpy(), ids)
+
+
+def test_a_broken_classes_yaml_is_one_sentence(tmp_path: Path) -> None:
+    root = make_root(tmp_path, ["a"])
+    (root / "classes.yaml").write_text("classes:\n  - {name: cat,\n")
+    with pytest.raises(PixelwiseError, match="fix its syntax") as error:
+        Folder(root, split="all")
+    assert "\n" not in str(error.value)

@@ -204,3 +204,61 @@ def test_real_meta_files():
     assert sorted(np.concatenate([train, test]).tolist()) == list(range(1, 1450))
     fcn_names = (META / "data" / "nyud" / "classes.txt").read_text().splitlines()[:40]
     assert tuple(fcn_names) == NYU40_CLASSES
+
+
+def _fcn_root(tmp_path: Path) -> Path:
+    """FCN's data/nyud with one test frame whose 40-class labels are 1..24 in a 4x6 grid."""
+    root = tmp_path / "nyud_fcn"
+    (root / "data" / "images").mkdir(parents=True)
+    (root / "segmentation").mkdir()
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(root / "data/images/img_5001.png")
+    segmentation = np.arange(1, H * W + 1, dtype=np.uint8).reshape(H, W)
+    scipy.io.savemat(root / "segmentation/img_5001.mat", {"segmentation": segmentation})
+    (root / "test.txt").write_text("5001\n")
+    return root
+
+
+def test_a_raw_894_class_13_table_is_refused_on_fcn_40_class_labels(tmp_path):
+    # The widely used conversion script writes mapClass with one entry per raw NYU class (894);
+    # FCN's labels hold the 40 classes, so indexing that table by them would pick wrong entries.
+    root = _fcn_root(tmp_path)
+    table = np.random.default_rng(0).integers(1, 14, (1, 894)).astype(np.uint8)
+    path = tmp_path / "classMapping13.mat"
+    scipy.io.savemat(path, {"mapClass": table})
+    dataset = build_dataset("nyudv2", root, split="test", class_set=13, mapping13_file=path)
+    with pytest.raises(PixelwiseError, match="894 raw NYUDv2 classes.*40-entry") as error:
+        dataset[0]
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_40_entry_13_class_table_maps_fcn_labels_by_their_40_class_id(tmp_path):
+    root = _fcn_root(tmp_path)
+    table = np.asarray(NYU40_TO_13, dtype=np.uint8)[::-1].copy().reshape(1, 40)  # any 40 entries
+    path = tmp_path / "class13Mapping.mat"
+    scipy.io.savemat(path, {"classMapping13": {"mapClass": table}})
+    _, mask = build_dataset("nyudv2", root, split="test", class_set=13, mapping13_file=path)[0]
+    expected = table.ravel()[np.arange(H * W)] - 1  # 40-class id k (1-based) -> table[k - 1]
+    assert mask.flatten().tolist() == expected.tolist()
+
+
+def test_a_raw_894_class_13_table_maps_the_official_labels_directly(official_root, tmp_path):
+    root, (_, labels, _) = official_root
+    table = np.full((1, 894), 7, dtype=np.uint8)  # objects ...
+    table[0, 6] = 2  # ... except raw 7 -> books (whatever classMapping40 says raw 7 is)
+    table[0, 893] = 1  # raw 894 -> bed
+    path = tmp_path / "classMapping13.mat"
+    scipy.io.savemat(path, {"mapClass": table})
+    _, mask = build_dataset("nyudv2", root, split="test", class_set=13, mapping13_file=path)[0]
+    assert mask[3, 0] == NYU13_CLASSES.index("books") and mask[2, 5] == NYU13_CLASSES.index("bed")
+    assert mask[0, 0] == NYU13_CLASSES.index("objects") and mask[3, 1] == 255
+
+
+def test_a_13_class_struct_without_map_class_is_refused(official_root, tmp_path):
+    root, _ = official_root
+    path = tmp_path / "class13Mapping.mat"
+    names = np.array(NYU13_CLASSES, dtype=object)
+    # the first field used to be taken for the table: here it is the class names
+    scipy.io.savemat(path, {"classMapping13": {"labelName": names, "other": np.ones((1, 40))}})
+    dataset = build_dataset("nyudv2", root, split="test", class_set=13, mapping13_file=path)
+    with pytest.raises(PixelwiseError, match="no 'mapClass' field"):
+        dataset[0]

@@ -91,3 +91,22 @@ def test_second_open_reads_the_cached_index_lazily(tmp_path):
     assert isinstance(again[-1][0], Path) and again[1:] == first[1:]
     (tmp_path / "train.txt").write_text((tmp_path / "train.txt").read_text().splitlines()[0] + "\n")
     assert len(build_dataset("camvid", tmp_path, split="train")) == 1  # a changed list rebuilds
+
+
+def test_camvid_list_entry_named_like_a_split_stays_in_its_folder(tmp_path):
+    # A file called train_001.png listed under val/ is in val/, not in a folder named by the file.
+    for split in ("val", "valannot"):
+        (tmp_path / split).mkdir()
+    Image.fromarray(np.full((6, 8, 3), 40, np.uint8)).save(tmp_path / "val" / "train_001.png")
+    Image.fromarray(np.full((6, 8), 2, np.uint8), mode="L").save(
+        tmp_path / "valannot" / "train_001.png"
+    )
+    (tmp_path / "val.txt").write_text(
+        "/SegNet/CamVid/val/train_001.png /SegNet/CamVid/valannot/train_001.png\n"
+    )
+    dataset = build_dataset("camvid", tmp_path, split="val")
+    assert dataset.samples[0] == (
+        tmp_path / "val" / "train_001.png",
+        tmp_path / "valannot" / "train_001.png",
+    )
+    assert (dataset[0][1] == 2).all()
