@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--out", required=True, help="folder for <name>_label.png and <name>_overlay.png")
+    pr.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
     _add_tta(pr)
 
     models = sub.add_parser("models", help="list the networks (name, paper, year, parameters)")
@@ -86,6 +88,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        # A file system refusal naming a path (permissions, a full disk, a file where a folder
+        # should be) is the user's to fix; an OSError without a path is a bug and keeps its traceback.
+        if args.debug or error.filename is None:
+            raise
+        print(f"error: {_os_sentence(error)}", file=sys.stderr)
+        return 2
+
+
+def _os_sentence(error: OSError) -> str:
+    """An OSError as one sentence: the path, the system's reason, and what to check."""
+    reason = error.strerror or type(error).__name__
+    return f"{error.filename}: {reason.lower()}; check that the path exists and that you may write there."
 
 
 def _one_sentence(error: PixelwiseError) -> str:
@@ -167,15 +182,47 @@ def _load_for_inference(checkpoint: str, device_name: str):
     return payload, meta, model, device
 
 
+def _output_folder(path: Path, flag: str) -> Path:
+    """Create ``path`` (and its parents) for output, or refuse in one sentence before any work."""
+    if path.exists() and not path.is_dir():
+        raise PixelwiseError(f"{flag} {path} is a file, not a folder; give a folder for the outputs.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PixelwiseError(
+            f"{flag} {path} cannot be created ({(error.strerror or str(error)).lower()}); "
+            "give a folder you may write to."
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PixelwiseError(f"{flag} {path} is not writable; give a folder you may write to.")
+    return path
+
+
+def _output_file(path: Path, flag: str, example: str) -> Path:
+    """Check early that ``path`` can be written (its folder is created), so no work is lost."""
+    if path.is_dir():
+        raise PixelwiseError(f"{flag} {path} is a folder; give a file name, e.g. {path / example}.")
+    _output_folder(path.parent, f"{flag} {path}: the folder")
+    return path
+
+
 def cmd_eval(args) -> int:
     from pixelwise.config import config_from_dict
     from pixelwise.data import build_dataset
     from pixelwise.data.transforms import build_eval_transforms
     from pixelwise.engine.evaluate import evaluate
+    from pixelwise.engine.inference import check_tta
     from pixelwise.engine.loader import EpochBatchSampler, make_loader
     from pixelwise.metrics import format_scores
     from pixelwise.viz import plot_confusion
 
+    check_tta(args.scales, args.crop, args.stride)
+    for flag, name, example in (
+        ("--confusion", args.confusion, "confusion.png"),
+        ("--json", args.json, "scores.json"),
+    ):
+        if name:
+            _output_file(Path(name), flag, example)
     payload, meta, model, device = _load_for_inference(args.checkpoint, args.device)
     cfg = config_from_dict(payload["config"], args.checkpoint)
     d = cfg.data
@@ -205,25 +252,73 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from pixelwise.data.base import read_image
     from pixelwise.data.transforms import normalise_image
-    from pixelwise.engine.inference import predict_probs
+    from pixelwise.engine.inference import check_tta, predict_probs
     from pixelwise.models.layers import center_crop
     from pixelwise.viz import overlay, save_label_png, save_png
 
+    check_tta(args.scales, args.crop, args.stride)
+    images = [Path(name) for name in args.images]
+    for path in images:
+        if path.is_dir():
+            raise PixelwiseError(f"{path} is a folder; give image files, e.g. {path / '*.png'}.")
+        if not path.exists():
+            raise PixelwiseError(f"Image {path} does not exist; check the path.")
+    out = _output_folder(Path(args.out), "--out")
+    names = output_names(images)
+    targets = [(out / f"{n}_label.png", out / f"{n}_overlay.png") for n in names]
+    existing = [t for pair in targets for t in pair if t.exists()]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise PixelwiseError(
+            f"{existing[0]}{more} already exist in --out {out}; pass --overwrite to replace them "
+            "or choose another --out folder."
+        )
     payload, meta, model, device = _load_for_inference(args.checkpoint, args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in args.images:
-        image = read_image(Path(name))
+    for path, (label_path, overlay_path) in zip(images, targets, strict=True):
+        image = read_image(path)
         x = normalise_image(image, meta["mean"], meta["std"])[None].to(device)
         probs = predict_probs(model, x, scales=args.scales, flip=args.flip, crop=args.crop, stride=args.stride)
         label = probs.argmax(1)[0].cpu()
-        stem = Path(name).stem
-        save_label_png(label, meta["palette"], out / f"{stem}_label.png")
+        save_label_png(label, meta["palette"], label_path)
         # A valid-padding model predicts the centre only: overlay that window of the image.
         rgb = center_crop(image, tuple(label.shape)).permute(1, 2, 0).numpy()
-        save_png(overlay(rgb, label, meta["palette"]), out / f"{stem}_overlay.png")
-        print(f"{name} -> {out / (stem + '_label.png')}, {out / (stem + '_overlay.png')}")
+        save_png(overlay(rgb, label, meta["palette"]), overlay_path)
+        print(f"{path} -> {label_path}, {overlay_path}")
     return 0
+
+
+def output_names(images: Sequence[Path]) -> list[str]:
+    """One distinct output name per input: the stem, made longer only where stems collide.
+
+    ``a/x.png`` and ``b/x.png`` become ``a_x`` and ``b_x`` (their paths below the deepest common
+    folder); ``x.png`` and ``x.jpg`` become ``x_png`` and ``x_jpg``; a file given twice gets
+    ``-2``, ``-3`` ... so no output ever replaces another of the same call.
+    """
+    names = [p.stem for p in images]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(name, []).append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        paths = [images[i].resolve() for i in members]
+        common = Path(os.path.commonpath(paths))
+        relative = [p.relative_to(common) if p != common else Path(p.name) for p in paths]
+        for keep_suffix in (False, True):
+            longer = [
+                "_".join((r if keep_suffix else r.with_suffix("")).parts).replace(".", "_")
+                for r in relative
+            ]
+            if len(set(longer)) == len(longer):
+                for i, name in zip(members, longer, strict=True):
+                    names[i] = name
+                break
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            names[i] = f"{name}-{seen[name]}"
+    return names
 
 
 def cmd_models(args) -> int:

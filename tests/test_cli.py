@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -47,11 +49,37 @@ def test_train_eval_predict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mIoU" in out and "background" in out
     run = tmp_path / "runs" / "tiny"
-    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--flip", "--json", str(tmp_path / "s.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run / "best.pt"),
+                "--flip",
+                "--json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
     assert "mIoU" in capsys.readouterr().out and (tmp_path / "s.json").is_file()
     image = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 26, 3), dtype=np.uint8)).save(image)
-    assert main(["predict", "--checkpoint", str(run / "best.pt"), str(image), "--out", str(tmp_path / "pred")]) == 0
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 26, 3), dtype=np.uint8)).save(
+        image
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run / "best.pt"),
+                str(image),
+                "--out",
+                str(tmp_path / "pred"),
+            ]
+        )
+        == 0
+    )
     label = Image.open(tmp_path / "pred" / "photo_label.png")
     assert label.mode == "P" and label.size == (26, 30)
     assert np.asarray(label).max() < 6
@@ -88,3 +116,161 @@ def test_errors_from_loader_workers_stay_one_sentence(tmp_path, capsys):
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Label") and "[17]" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """best.pt of a one-step run on the shapes dataset (shared by the tests that only read it)."""
+    folder = tmp_path_factory.mktemp("run")
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(folder / "runs", iters=1, eval_every=1)))
+    assert main(["train", str(config)]) == 0
+    return folder / "runs" / "tiny" / "best.pt"
+
+
+def _photo(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+        path
+    )
+    return path
+
+
+def test_predict_gives_inputs_of_the_same_name_distinct_outputs(tmp_path, checkpoint, capsys):
+    a, b = _photo(tmp_path / "a" / "x.png", 0), _photo(tmp_path / "b" / "x.png", 1)
+    jpg = tmp_path / "a" / "x.jpg"
+    Image.open(a).save(jpg, quality=95)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                str(a),
+                str(b),
+                str(jpg),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        f"{n}_{kind}.png" for n in ("a_x_png", "b_x_png", "a_x_jpg") for kind in ("label", "overlay")
+    )
+
+
+def test_output_names():
+    from pixelwise.cli import output_names
+
+    assert output_names([Path("p/a/x.png"), Path("p/b/x.png"), Path("y.png")]) == [
+        "a_x",
+        "b_x",
+        "y",
+    ]
+    assert output_names([Path("x.png"), Path("x.jpg")]) == ["x_png", "x_jpg"]
+    assert output_names([Path("x.png"), Path("x.png")]) == ["x", "x-2"]
+
+
+def test_predict_never_overwrites_without_being_asked(tmp_path, checkpoint, capsys):
+    image = _photo(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "photo_label.png").write_bytes(b"the user's own file")
+    argv = ["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "photo_label.png already exist" in err and "--overwrite" in err
+    assert (out / "photo_label.png").read_bytes() == b"the user's own file"
+    assert not (out / "photo_overlay.png").exists()
+    assert main([*argv, "--overwrite"]) == 0
+    assert Image.open(out / "photo_label.png").size == (24, 20)
+
+
+def test_output_folders_are_created_or_refused_before_any_work(tmp_path, checkpoint, capsys):
+    json_path = tmp_path / "new" / "deeper" / "scores.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--json", str(json_path)]) == 0
+    assert "mean_iou" in json_path.read_text()
+    capsys.readouterr()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    image = _photo(tmp_path / "photo.png")
+    cases = [
+        (
+            ["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(a_file / "sub")],
+            "cannot be created",
+        ),
+        (
+            ["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(a_file)],
+            "is a file, not a folder",
+        ),
+        (
+            ["eval", "--checkpoint", str(checkpoint), "--json", str(a_file / "s.json")],
+            "is a file, not a folder",
+        ),
+        (
+            ["eval", "--checkpoint", str(checkpoint), "--confusion", str(tmp_path)],
+            "is a folder; give a file name",
+        ),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1
+    assert a_file.read_text() == "mine"
+
+
+def test_train_out_dir_under_a_file_is_one_sentence(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(a_file / "runs", iters=1)))
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "train.out_dir" in err and "cannot be created" in err and "Traceback" not in err
+
+
+def test_predict_scales_a_16_bit_png(tmp_path, checkpoint, capsys):
+    deep = tmp_path / "deep.png"
+    Image.fromarray((np.arange(20 * 24).reshape(20, 24) * 130).astype(np.uint16)).save(deep)
+    eight = tmp_path / "eight.png"
+    scaled = (np.asarray(Image.open(deep)).astype(np.int64) * 255 + 32767) // 65535
+    Image.fromarray(scaled.astype(np.uint8)).save(eight)
+    out = tmp_path / "out"
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), str(deep), str(eight), "--out", str(out)])
+        == 0
+    )
+    overlay = np.asarray(Image.open(out / "deep_overlay.png")).astype(int)
+    close = np.asarray(Image.open(out / "eight_overlay.png")).astype(int)
+    assert np.array_equal(overlay, close)  # the same picture, not one clipped to white
+
+
+def test_bad_device_and_missing_image_are_one_sentence(tmp_path, checkpoint, capsys):
+    image = _photo(tmp_path / "photo.png")
+    out = str(tmp_path / "out")
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                str(image),
+                "--out",
+                out,
+                "--device",
+                "gpu",
+            ]
+        )
+        == 2
+    )
+    assert "Device 'gpu' is not one torch knows" in capsys.readouterr().err
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "no.png"), "--out", out])
+        == 2
+    )
+    assert "no.png does not exist" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path), "--out", out]) == 2
+    assert "is a folder; give image files" in capsys.readouterr().err

@@ -1,9 +1,13 @@
 """Sliding window, flip and multi-scale inference, on models whose answer is known."""
 
+import re
+
+import pytest
 import torch
 from torch import nn
 
 from pixelwise.engine.inference import predict_probs, sliding_window
+from pixelwise.errors import PixelwiseError
 
 
 def pointwise_model() -> nn.Module:
@@ -54,3 +58,43 @@ def test_flip_is_undone_before_averaging():
     x[..., :3] = 1
     probs = predict_probs(LeftHalfIsClassOne(), x, flip=True)
     assert (probs.argmax(1)[0, :, :3] == 1).all() and (probs.argmax(1)[0, :, 3:] == 0).all()
+
+
+BAD_TTA = [
+    ({"scales": [0.0]}, "every scale must be a number above 0"),
+    ({"scales": [-1.0]}, "every scale must be a number above 0"),
+    ({"scales": [float("nan")]}, "every scale must be a number above 0"),
+    ({"scales": [0.001]}, "below one pixel"),
+    ({"crop": (0, 8)}, "at least 1x1"),
+    ({"crop": (8, 8), "stride": (0, 0)}, "between 1 and the window"),
+    ({"crop": (8, 8), "stride": (-4, 4)}, "between 1 and the window"),
+    ({"crop": (8, 8), "stride": (16, 4)}, "between 1 and the window"),
+    ({"stride": (4, 4)}, "no --crop H W"),
+]
+
+
+@pytest.mark.parametrize(("settings", "expected"), BAD_TTA, ids=[str(s) for s, _ in BAD_TTA])
+def test_settings_that_cannot_work_are_refused_in_one_sentence(settings, expected):
+    with pytest.raises(PixelwiseError, match=re.escape(expected)):
+        predict_probs(pointwise_model(), torch.randn(1, 3, 37, 53), **settings)
+
+
+def test_a_stride_equal_to_the_window_still_covers_every_pixel():
+    model = pointwise_model()
+    x = torch.randn(1, 3, 37, 53)
+    probs = predict_probs(model, x, crop=(16, 16), stride=(16, 16))
+    assert torch.isfinite(probs).all() and torch.allclose(probs, model(x).softmax(1), atol=1e-6)
+
+
+def test_a_16_bit_image_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pixelwise.data.base import read_image
+
+    values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    image = read_image(tmp_path / "deep.png")
+    assert image.dtype == torch.uint8 and image.shape == (3, 1, 4)
+    assert image[0, 0].tolist() == [0, 1, 128, 255] and torch.equal(image[0], image[2])

@@ -7,11 +7,53 @@ convention as training — because mixing the two shifts predictions by half a p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pixelwise.errors import PixelwiseError
+
+
+def check_tta(
+    scales: Sequence[float],
+    crop: Sequence[int] | None,
+    stride: Sequence[int] | None,
+) -> None:
+    """Refuse test-time settings that cannot work, in one sentence naming the option and a fix.
+
+    A window moved by more than its own size leaves pixels that no window covers, so ``stride``
+    may not exceed ``crop``; a stride without a window would be ignored, so it is refused too.
+
+    Raises:
+        PixelwiseError: for a scale that is not a positive finite number, a window or stride
+            below 1 pixel, a stride larger than the window, or a stride without a window.
+    """
+    bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
+    if not scales or bad:
+        raise PixelwiseError(
+            f"--scales {' '.join(map(str, scales))}: every scale must be a number above 0, "
+            "e.g. --scales 0.75 1 1.25."
+        )
+    if crop is not None and min(crop) < 1:
+        raise PixelwiseError(
+            f"--crop {crop[0]} {crop[1]}: the window must be at least 1x1 pixels, e.g. --crop 512 512."
+        )
+    if stride is None:
+        return
+    if crop is None:
+        raise PixelwiseError(
+            f"--stride {stride[0]} {stride[1]} moves a sliding window, but no --crop H W gives "
+            "its size; add --crop or drop --stride."
+        )
+    if min(stride) < 1 or stride[0] > crop[0] or stride[1] > crop[1]:
+        raise PixelwiseError(
+            f"--stride {stride[0]} {stride[1]}: each step must be between 1 and the window "
+            f"({crop[0]} {crop[1]}), or pixels would be predicted by no window; e.g. --stride "
+            f"{max(1, crop[0] // 2)} {max(1, crop[1] // 2)}."
+        )
 
 
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
@@ -59,8 +101,18 @@ def predict_probs(
     crop: Sequence[int] | None = None,
     stride: Sequence[int] | None = None,
 ) -> Tensor:
-    """Class probabilities N×C×H×W averaged over scales (and horizontal flips when ``flip``)."""
+    """Class probabilities N×C×H×W averaged over scales (and horizontal flips when ``flip``).
+
+    Raises:
+        PixelwiseError: for settings :func:`check_tta` refuses, or a scale that shrinks the
+            image below one pixel.
+    """
+    check_tta(scales, crop, stride)
     h, w = x.shape[-2:]
+    if min(round(h * min(scales)), round(w * min(scales))) < 1:
+        raise PixelwiseError(
+            f"--scales {min(scales)} shrinks the {h}x{w} image below one pixel; use larger scales."
+        )
     total: Tensor | None = None
     views = 0
     for scale in scales:
