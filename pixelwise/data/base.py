@@ -208,8 +208,25 @@ def _too_large(path: Path, role: str, width: int | None, height: int | None) -> 
 def read_image(path: Path) -> Tensor:
     """Decode an image file to ``uint8`` 3xHxW RGB; a corrupt or truncated file names itself."""
     with open_image(path, "Image") as img:
-        array = np.asarray(img.convert("RGB"))
+        array = np.asarray(_rgb8(img, path))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _rgb8(img: Image.Image, path: Path) -> Image.Image:
+    """8-bit RGB; 16-bit greyscale is scaled (65535 -> 255), where PIL's convert would clip at 255."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise PixelwiseError(
+                f"Image {path} holds 32-bit values ({values.min()}..{values.max()}); save it as an "
+                "8-bit or 16-bit image."
+            )
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        raise PixelwiseError(
+            f"Image {path} holds floating-point values; save it as an 8-bit or 16-bit image."
+        )
+    return img.convert("RGB")
 
 
 def read_label_png(path: Path) -> np.ndarray:

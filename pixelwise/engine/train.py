@@ -74,7 +74,10 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
             raise PixelwiseError(f"train.device is {name!r} but no CUDA device is visible; use cpu or auto.")
         if info.world_size > 1:
             return torch.device("cuda", info.local_rank)
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise PixelwiseError(f"Device {name!r} is not one torch knows; use auto, cpu, cuda or cuda:N.") from None
 
 
 def resolve_weights(name: str | None):
@@ -143,7 +146,13 @@ def new_run_dir(out_dir: str, name: str) -> Path:
     while candidate.exists():
         n += 1
         candidate = base.with_name(f"{name}-{n}")
-    candidate.mkdir(parents=True)
+    try:
+        candidate.mkdir(parents=True)
+    except OSError as error:
+        raise PixelwiseError(
+            f"train.out_dir {out_dir}: the run folder {candidate} cannot be created "
+            f"({(error.strerror or str(error)).lower()}); set train.out_dir to a folder you may write to."
+        ) from None
     return candidate
 
 
