@@ -211,3 +211,18 @@ def test_a_wrong_annotation_file_is_one_sentence(tmp_path, text, match):
     with pytest.raises(PixelwiseError, match=match) as error:
         len(build_dataset("coco", tmp_path, split="val"))
     assert "\n" not in str(error.value)
+
+
+def test_an_image_listed_twice_is_refused(tmp_path):
+    _write(tmp_path)
+    _edit_annotations(tmp_path, lambda d: d["images"].append(dict(d["images"][0])))
+    with pytest.raises(PixelwiseError, match="image id 1 is listed twice"):
+        len(build_dataset("coco", tmp_path, split="val"))
+
+
+def test_uncompressed_rle_counts_must_cover_the_image(tmp_path):
+    _write(tmp_path)
+    _edit_annotations(tmp_path, lambda d: d["annotations"][4]["segmentation"]["counts"].pop())
+    dataset = build_dataset("coco", tmp_path, split="val")
+    with pytest.raises(PixelwiseError, match="annotation 5 of image 1 has RLE counts"):
+        dataset[0]
