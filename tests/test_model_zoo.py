@@ -27,6 +27,12 @@ REFERENCE = {
     "fcdensenet103": (9_322_091, 69.1),
     "enet": (363_791, 1.69),
     "linknet": (11_535_659, 9.67),
+    # RefineNet: DrSleep/refinenet-pytorch rf101 (118.05M). ResNet-50/152 variants: the same
+    # head on the other trunk, 118.05M - 44.55M + 25.56M / 60.19M (torchvision resnet101 vs
+    # resnet50 / resnet152 parameter counts); no published MACs for them.
+    "refinenet50": (99.06e6, None),
+    "refinenet101": (118.05e6, 262.9),
+    "refinenet152": (133.69e6, None),
 }
 
 
@@ -63,12 +69,12 @@ def test_metadata_is_complete(name):
 
 # Small real forwards for every network. U-Net runs its size-preserving variant here (its valid
 # variant's crop is tested in test_unet.py); FCN's 134M parameters make Adam steps slow, so the
-# loss test skips it (test_fcn.py trains its score layers instead).
+# loss test skips it (test_fcn.py trains its score layers instead), and RefineNet's 99-134M too.
 SMALL_OPTIONS = {
     "unet": {"padding": "same", "base_channels": 8},
     **{f"fcdensenet{n}": {"dropout": 0.0} for n in (56, 67, 103)},
 }
-HEAVY = {"fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"}
+HEAVY = {"fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"} | {f"refinenet{n}" for n in (50, 101, 152)}
 
 
 def small_model(name: str, num_classes: int = 3) -> torch.nn.Module:

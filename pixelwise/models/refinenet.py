@@ -1,0 +1,228 @@
+"""RefineNet (4-cascaded) on a plain ResNet-50/101/152.
+
+Paper: Lin, Milan, Shen, Reid, "RefineNet: Multi-Path Refinement Networks for High-Resolution
+Semantic Segmentation", CVPR 2017, arXiv:1611.06612.
+
+The parameter count follows the widely used PyTorch port of the released VOC model,
+DrSleep/refinenet-pytorch ``models/resnet.py`` and ``utils/layer_factory.py`` (``rf101``: 118.05M
+parameters at 21 classes), whose layer widths are those of the authors' MatConvNet code
+(guosheng/refinenet ``main/gen_net_opts_model_type1.m``: adapted widths 512, 256, 256, 256;
+``adapt_conv_num=2``, ``refine_block_conv_num_mainflow=3``, chained pools of size 5):
+
+- Encoder: torchvision's ResNet, undilated (output stride 32); ``layer1``..``layer4`` (res2..res5,
+  strides 4, 8, 16, 32) feed RefineNet-1..4.
+- RefineNet-4 takes res5 alone; RefineNet-k (k = 3, 2, 1) takes res(k+1) and RefineNet-(k+1)'s
+  output. Each input path: 3x3 dimension reduction (2048 -> 512 for res5, -> 256 for the others),
+  then two residual conv units (RCU: ReLU, 3x3, ReLU, 3x3, plus the identity).
+- Multi-resolution fusion (two inputs only): one 3x3 conv per path to the block's width, the
+  coarser path bilinearly upsampled to the finer path's exact size, the two SUMMED.
+- ReLU, then chained residual pooling: a chain of 4 blocks of [5x5 stride-1 max pool, 3x3 conv],
+  each block fed by the previous one and each block's output added to the running sum.
+- Output: three RCUs. After RefineNet-1 (stride 4, 256 channels): dropout 0.5, a 3x3 conv to the
+  classes (the only conv with a bias besides each RCU's first), then bilinear up to the input.
+- Dropout 0.5 on res5 and res4 before their dimension reductions, as the port.
+
+Biases as the port: every 3x3 conv is bias-free except the first conv of each RCU and the
+classifier. Initialisation: PyTorch's defaults for the refinement layers, as the port.
+
+Where this departs from the port and the paper:
+
+- The port places the coarser path's fusion conv (``mflow_conv_g{k}_b3_joint_varout_dimred``) at
+  the end of RefineNet-(k+1), before the upsampling; here it belongs to the fusion of RefineNet-k,
+  as in the paper's figure. Both apply the same conv at the same place in the graph, so the count
+  and the function are the same.
+- Chained residual pooling pools then convolves (the paper's text and the port); the authors'
+  released MatConvNet code has an "improved version" that convolves before pooling
+  (``gen_network_pool_block.m``, ``do_gen_block_convbeforepool``) and trains with 2 blocks
+  (``chained_pool_num=2``); the port, whose count we follow, has 4.
+- Upsampling uses ``align_corners=False`` everywhere (pixelwise's convention); the port uses True.
+- The port returns logits at stride 4 and MatConvNet computes the loss there (labels resized by
+  nearest neighbour); here the logits are bilinearly upsampled to the input size.
+- Any input size works: every fusion upsamples to the finer path's exact size (a 97x131 input has a
+  4x5 res5 and a 7x9 res4), and the logits to the input's.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelwise.models.backbones import ResNetBackbone, WeightsSource, load_backbone
+from pixelwise.models.registry import register_model
+
+__all__ = [
+    "ChainedResidualPooling",
+    "RefineNet",
+    "RefineNetBlock",
+    "ResidualConvUnit",
+    "refinenet101",
+    "refinenet152",
+    "refinenet50",
+]
+
+PAPER = (
+    "Lin, Milan, Shen, Reid, RefineNet: Multi-Path Refinement Networks for High-Resolution "
+    "Semantic Segmentation (arXiv:1611.06612)"
+)
+# Width of RefineNet-4 .. RefineNet-1 (MatConvNet's input_adapt_dims, the port's dimreds).
+WIDTHS: tuple[int, ...] = (512, 256, 256, 256)
+ADAPT_RCUS = 2  # RCUs on each input path (adapt_conv_num)
+OUTPUT_RCUS = 3  # RCUs after the chained pooling (refine_block_conv_num_mainflow)
+CRP_BLOCKS = 4  # pool+conv blocks of the chained residual pooling (the port's _make_crp(..., 4))
+POOL_SIZE = 5
+DROPOUT = 0.5
+
+
+def _conv3x3(in_channels: int, out_channels: int, *, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+
+
+class ResidualConvUnit(nn.Module):
+    """ReLU, 3x3 conv (with bias), ReLU, 3x3 conv (without bias), plus the input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(channels, channels, bias=True)
+        self.conv2 = _conv3x3(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The first ReLU must not act in place: x is also the identity path.
+        y = self.conv1(F.relu(x))
+        y = self.conv2(F.relu(y, inplace=True))
+        return x + y
+
+
+class ChainedResidualPooling(nn.Module):
+    """``x + b1(x) + b2(b1(x)) + ...`` with each block ``b = conv3x3(maxpool5x5/1(.))``.
+
+    Each block takes the previous block's output (not the running sum), and every block's output
+    is added to the sum. The input is expected after a ReLU (the caller's).
+    """
+
+    def __init__(self, channels: int, num_blocks: int = CRP_BLOCKS) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(POOL_SIZE, stride=1, padding=POOL_SIZE // 2)
+        self.convs = nn.ModuleList(_conv3x3(channels, channels) for _ in range(num_blocks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        total, path = x, x
+        for conv in self.convs:
+            path = conv(self.pool(path))
+            total = total + path
+        return total
+
+
+class RefineNetBlock(nn.Module):
+    """One RefineNet: adapt the backbone feature, fuse with the coarser path, pool, refine.
+
+    Args:
+        in_channels: channels of the backbone feature this block takes.
+        width: the block's feature width (512 for RefineNet-4, 256 for the others).
+        coarse_channels: channels of the coarser RefineNet's output, or None for RefineNet-4
+            (one input: no fusion convs).
+    """
+
+    def __init__(self, in_channels: int, width: int, coarse_channels: int | None = None) -> None:
+        super().__init__()
+        self.reduce = _conv3x3(in_channels, width)
+        self.adapt = nn.Sequential(*(ResidualConvUnit(width) for _ in range(ADAPT_RCUS)))
+        if coarse_channels is None:
+            self.fuse_fine = self.fuse_coarse = None
+        else:
+            self.fuse_fine = _conv3x3(width, width)
+            self.fuse_coarse = _conv3x3(coarse_channels, width)
+        self.crp = ChainedResidualPooling(width)
+        self.output = nn.Sequential(*(ResidualConvUnit(width) for _ in range(OUTPUT_RCUS)))
+
+    def fuse(self, fine: Tensor, coarse: Tensor | None) -> Tensor:
+        """Multi-resolution fusion: a 3x3 conv per path, the coarser upsampled, the two summed."""
+        if coarse is None:
+            return fine
+        fine = self.fuse_fine(fine)
+        coarse = F.interpolate(
+            self.fuse_coarse(coarse), size=fine.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return fine + coarse
+
+    def forward(self, feature: Tensor, coarse: Tensor | None = None) -> Tensor:
+        x = self.fuse(self.adapt(self.reduce(feature)), coarse)
+        x = self.crp(F.relu(x))
+        return self.output(x)
+
+
+class RefineNet(nn.Module):
+    """4-cascaded RefineNet; logits N x C x H x W for any input N x 3 x H x W.
+
+    Attributes:
+        encoder: ``ResNetBackbone(depth)`` at output stride 32 (torchvision keys without ``fc``),
+            returning ``layer1``..``layer4``.
+        refine: RefineNet-4, -3, -2, -1 in the order they run (``refine[0]`` takes res5).
+        dropout: the port's Dropout(0.5) on res5, res4 and before the classifier.
+        classifier: 3x3 conv 256 -> C with bias, at stride 4.
+    """
+
+    def __init__(self, *, depth: int, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = ResNetBackbone(depth, return_layers=("layer1", "layer2", "layer3", "layer4"))
+        blocks: list[RefineNetBlock] = []
+        coarse: int | None = None
+        for in_channels, width in zip(reversed(self.encoder.out_channels), WIDTHS, strict=True):
+            blocks.append(RefineNetBlock(in_channels, width, coarse))
+            coarse = width
+        self.refine = nn.ModuleList(blocks)
+        self.dropout = nn.Dropout(DROPOUT)
+        self.classifier = _conv3x3(WIDTHS[-1], num_classes, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        res2, res3, res4, res5 = self.encoder(x)
+        features = (self.dropout(res5), self.dropout(res4), res3, res2)
+        y: Tensor | None = None
+        for block, feature in zip(self.refine, features, strict=True):
+            y = block(feature, y)
+        logits = self.classifier(self.dropout(y))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _build_refinenet(*, depth: int, num_classes: int, weights_backbone: WeightsSource) -> RefineNet:
+    model = RefineNet(depth=depth, num_classes=num_classes)
+    load_backbone(model.encoder, weights_backbone)
+    return model
+
+
+_REGISTRY = {"paper": PAPER, "year": 2017, "input_size": (512, 512), "num_classes": 21}
+
+
+@register_model("refinenet50", **_REGISTRY)
+def refinenet50(*, num_classes: int, weights_backbone: WeightsSource = None) -> RefineNet:
+    """RefineNet on ResNet-50 (the MatConvNet training demo's default encoder).
+
+    Args:
+        num_classes: output classes (VOC: 21).
+        weights_backbone: torchvision ``ResNet50_Weights``, a path to a saved ``resnet50`` state
+            dict, the state dict itself, or None (random encoder). ``fc`` is dropped.
+    """
+    return _build_refinenet(depth=50, num_classes=num_classes, weights_backbone=weights_backbone)
+
+
+@register_model("refinenet101", **_REGISTRY)
+def refinenet101(*, num_classes: int, weights_backbone: WeightsSource = None) -> RefineNet:
+    """RefineNet on ResNet-101, the released VOC model (118.05M parameters at 21 classes).
+
+    Args:
+        num_classes: output classes (VOC: 21).
+        weights_backbone: torchvision ``ResNet101_Weights``, a path to a saved ``resnet101`` state
+            dict, the state dict itself, or None (random encoder). ``fc`` is dropped.
+    """
+    return _build_refinenet(depth=101, num_classes=num_classes, weights_backbone=weights_backbone)
+
+
+@register_model("refinenet152", **_REGISTRY)
+def refinenet152(*, num_classes: int, weights_backbone: WeightsSource = None) -> RefineNet:
+    """RefineNet on ResNet-152 (the paper's deepest encoder).
+
+    Args:
+        num_classes: output classes (VOC: 21).
+        weights_backbone: torchvision ``ResNet152_Weights``, a path to a saved ``resnet152`` state
+            dict, the state dict itself, or None (random encoder). ``fc`` is dropped.
+    """
+    return _build_refinenet(depth=152, num_classes=num_classes, weights_backbone=weights_backbone)
