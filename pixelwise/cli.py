@@ -31,7 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train from a YAML config")
     train.add_argument("config", help="a YAML file, e.g. configs/enet_camvid.yaml")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
-    train.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
+    train.add_argument(
+        "--resume",
+        metavar="LAST_PT",
+        help="continue a run from its last.pt; give the run's config.yaml: only train.iters, "
+        "train.epochs, train.eval_every, train.log_every, train.vis_samples, train.device, "
+        "data.num_workers and data.root may differ, any other difference is refused",
+    )
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a split")
     ev.add_argument("--checkpoint", required=True)
@@ -58,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("root")
     check.add_argument("--split", default="train")
     check.add_argument("--examples", type=int, default=5, help="examples shown per problem")
+    check.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="dataset options, e.g. sbd_root=/data/benchmark_RELEASE (see `pixelwise datasets`)",
+    )  # fmt: skip
     return parser
 
 
@@ -122,18 +132,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pixelwise.config import config_from_dict, load_config
-    from pixelwise.engine.checkpoint import load_checkpoint
+    from pixelwise.config import load_config
 
-    if args.resume:
-        # The run's own config wins; overrides on the command line still apply (e.g. a longer run).
-        from pixelwise.config import apply_overrides
-
-        data = load_checkpoint(args.resume)["config"]
-        apply_overrides(data, args.overrides, args.resume)
-        config = config_from_dict(data, args.resume)
-    else:
-        config = load_config(args.config, args.overrides)
+    # With --resume the config file and overrides must agree with the run's own config except in
+    # engine.train.RESUME_MAY_CHANGE (run length, reporting, data root, device); the Trainer checks.
+    config = load_config(args.config, args.overrides)
     return _run_training(config, resume=args.resume)
 
 
@@ -353,8 +356,21 @@ def cmd_datasets(args) -> int:
     if args.action == "check":
         from pixelwise.data.check import check_dataset, format_report
 
-        report = check_dataset(args.name, args.root, args.split, max_examples=args.examples)
+        from pixelwise.config import apply_overrides
+
+        options: dict = {}
+        apply_overrides(options, args.overrides, "datasets check")
+        report = check_dataset(
+            args.name, args.root, args.split, max_examples=args.examples, options=options
+        )
         print(format_report(report))
+        errors = report.problems["loader_error"]
+        if errors.count:
+            print(
+                f"error: the {args.name} reader failed on {errors.count} samples in a way it should "
+                f"not (first: {errors.examples[0]}); this is a bug in pixelwise, please report it.",
+                file=sys.stderr,
+            )
         return report.exit_code
     print(f"{'name':<12} {'classes':>7}  {'splits':<52} options")
     for name in list_datasets():

@@ -95,6 +95,8 @@ class TrainConfig:
     out_dir: str = "runs"
     vis_samples: int = 4
     sync_bn: bool = False
+    # Skip a batch whose loss or gradients are inf/NaN (no update) instead of stopping the run.
+    skip_nonfinite: bool = False
 
 
 @dataclass

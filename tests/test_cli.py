@@ -85,7 +85,7 @@ def test_train_eval_predict(tmp_path, capsys):
     assert np.asarray(label).max() < 6
     assert Image.open(tmp_path / "pred" / "photo_overlay.png").size == (26, 30)
     # Resume continues the same run folder to a longer schedule.
-    assert main(["train", str(config), "--resume", str(run / "last.pt"), "train.iters=3"]) == 0
+    assert main(["train", str(config), "--resume", str(run / "last.pt"), "optim.lr=0.01", "train.iters=3"]) == 0
 
 
 def test_datasets_check_exit_codes(tmp_path, capsys):

@@ -116,7 +116,7 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
     trainer.fit()
     cfg = tiny_config(tmp_path, iters=1)
     cfg["model"] = {"name": "enet"}
-    with pytest.raises(PixelwiseError, match="holds unet"):
+    with pytest.raises(PixelwiseError, match="model.name 'unet' -> 'enet'"):
         Trainer(config_from_dict(cfg), resume=trainer.run_dir / "last.pt", progress=False)
 
 

@@ -107,3 +107,57 @@ def test_sigterm_to_the_process_group_mid_epoch_then_resume_is_bit_identical(tmp
     assert a["step"] == b["step"] == 24
     count = assert_same_tensors(a["model"], b["model"]) + assert_same_tensors(a["optimizer"], b["optimizer"])
     assert count == len(a["model"]) + len(a["optimizer"]["state"])
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A run of 4 iterations stopped after 2, with its config.yaml."""
+    root = tmp_path_factory.mktemp("stopped")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    trainer = Trainer(config_from_dict(tiny_config(root, iters=4, eval_every=4)), progress=False)
+    trainer.fit(max_steps=2)
+    torch.set_num_threads(before)
+    return trainer.run_dir
+
+
+def test_resume_refuses_another_config_naming_the_keys(tmp_path, capsys, stopped_run):
+    other = tiny_config(tmp_path, iters=4, eval_every=4)
+    other["optim"]["lr"] = 0.5
+    other["data"]["batch_size"] = 2
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(other))
+    assert main(["train", str(path), "--resume", str(stopped_run / "last.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "data.batch_size 4 -> 2" in err and "optim.lr 0.05 -> 0.5" in err
+    assert err.count("\n") == 1
+    # An override that would be recorded but not applied (the optimizer keeps its lr) is refused too.
+    config = stopped_run / "config.yaml"
+    assert main(["train", str(config), "--resume", str(stopped_run / "last.pt"), "optim.lr=0.1"]) == 2
+    assert "optim.lr 0.05 -> 0.1" in capsys.readouterr().err
+    assert load_checkpoint(stopped_run / "last.pt")["step"] == 2  # nothing was changed
+
+
+def test_resume_applies_a_longer_run_and_records_it(tmp_path, stopped_run):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(stopped_run, run)
+    resumed = Trainer(
+        config_from_dict(tiny_config(stopped_run.parent, iters=8, eval_every=4)),
+        resume=run / "last.pt",
+        progress=False,
+    )
+    # The poly schedule is the new one from the resumed step on: the lr is the one for 2 of 8.
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * (1 - 2 / 8) ** 0.9)
+    resumed.fit(max_steps=3)
+    payload = load_checkpoint(run / "last.pt")
+    assert payload["step"] == 3 and payload["config"]["train"]["iters"] == 8
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iters"] == 8
+
+
+def test_resume_with_a_wrong_model_is_refused_before_anything_is_written(stopped_run):
+    cfg = tiny_config(stopped_run.parent, iters=4)
+    cfg["model"] = {"name": "enet"}
+    with pytest.raises(PixelwiseError, match="model.name 'unet' -> 'enet'"):
+        Trainer(config_from_dict(cfg), resume=stopped_run / "last.pt", progress=False)

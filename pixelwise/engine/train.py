@@ -36,7 +36,9 @@ from pixelwise.engine.checkpoint import (
 )
 from pixelwise.engine.evaluate import _amp_dtype, evaluate
 from pixelwise.engine.loader import EpochBatchSampler, make_loader
+from pixelwise.engine.provenance import run_record
 from pixelwise.engine.schedule import build_optimizer, build_scheduler
+from pixelwise.engine.sync_bn import convert_sync_batchnorm
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import build_loss, match_target
 from pixelwise.metrics import Scores, format_scores
@@ -182,6 +184,22 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def all_finite(tensors: list[Tensor]) -> bool:
+    """True when no floating-point tensor holds inf or NaN; one reduction per tensor, one sync."""
+    floats = [t.detach() for t in tensors if t is not None and t.is_floating_point()]
+    if not floats:
+        return True
+    # The max-abs norm propagates inf and NaN and, unlike a sum or L2 norm, never overflows.
+    return bool(torch.stack(torch._foreach_norm(floats, float("inf"))).isfinite().all())
+
+
+def first_nonfinite(state: dict[str, Tensor]) -> str | None:
+    """The name of the first parameter or buffer holding inf or NaN, or None when all are finite."""
+    if all_finite(list(state.values())):
+        return None
+    return next(k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all()))
+
+
 def train_step(
     model: nn.Module,
     criterion: nn.Module,
@@ -192,16 +210,29 @@ def train_step(
     *,
     amp: bool,
     aux: bool,
-) -> float:
+    skip_nonfinite: bool = False,
+) -> tuple[float, bool]:
+    """One forward, backward and update; returns the loss and whether the optimizer stepped.
+
+    A non-finite loss never reaches the parameters: the update is skipped (and the caller stops
+    the run, unless ``skip_nonfinite``, which also skips a batch whose gradients are not finite).
+    """
     device = images.device
     with torch.autocast(device.type, dtype=_amp_dtype(device), enabled=amp):
         output = model(images, return_aux=True) if aux else model(images)
         loss = criterion(output, targets)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    scaler.step(optimizer)
+    value = float(loss.detach())
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    # Under DDP the gradients are already all-reduced, so every rank takes the same decision.
+    finite = math.isfinite(value) and (scaler.is_enabled() or not skip_nonfinite or all_finite(grads))
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        return value, False
+    scaler.step(optimizer)  # an enabled GradScaler skips non-finite gradients itself
     scaler.update()
-    return float(loss.detach())
+    return value, True
 
 
 class Trainer:
@@ -227,6 +258,8 @@ class Trainer:
         self.device = resolve_device(config.train.device, self.dist)
         self.progress = progress
         checkpoint = load_checkpoint(resume) if resume else None
+        if checkpoint is not None:
+            check_resume_config(config, checkpoint["config"], str(resume))
         torch.manual_seed(config.train.seed)
         np.random.seed(config.train.seed)
 
@@ -253,7 +286,10 @@ class Trainer:
                if config.model.weights_backbone else {}),
         ).to(self.device)  # fmt: skip
         if config.train.sync_bn and self.dist.world_size > 1:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:  # torch's SyncBatchNorm runs on CUDA only; ours all-reduces under gloo
+                self.model = convert_sync_batchnorm(self.model)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = build_loss(
@@ -280,6 +316,8 @@ class Trainer:
             self.device.type, enabled=t.amp and self.device.type == "cuda"
         )
         self.step = 0
+        self.saved_step: int | None = None  # the step of the last checkpoint written (all finite)
+        self.skipped = 0
         self.best_score = -math.inf
         self.history: list[dict[str, Any]] = []
         if checkpoint is not None:
@@ -296,6 +334,10 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if t.compile:
             self.net = torch.compile(self.net)
+        self.run_info = run_record(
+            device=self.device, world_size=self.dist.world_size, batch_per_process=d.batch_size,
+            seed=t.seed, step=self.step,
+        )  # fmt: skip
         self.writer = None
         self.interrupted = False
 
@@ -310,6 +352,7 @@ class Trainer:
             "mean": list(self.cfg.data.mean),
             "std": list(self.cfg.data.std),
             "model_options": dict(self.cfg.model.options),
+            "run": self.run_info,
         }
 
     def _payload(self) -> dict[str, Any]:
@@ -326,11 +369,29 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path | None:
+        """Write ``name`` in the run folder (rank 0 only), never with non-finite weights."""
+        self.check_finite()
         if not self.dist.is_main:
             return None
         path = self.run_dir / name
         save_checkpoint(path, self._payload())
+        self.saved_step = self.step
         return path
+
+    def check_finite(self) -> None:
+        """Stop with the step and the first bad tensor when a parameter or buffer went inf/NaN,
+        before anything is saved, so the last good checkpoint stays as it was."""
+        bad = first_nonfinite(self.model.state_dict())
+        if bad is not None:
+            raise PixelwiseError(
+                f"{bad} of the model is not finite at step {self.step}; the run stopped and "
+                f"{self._kept()}; lower optim.lr (now {self.cfg.optim.lr}) or check the inputs."
+            )
+
+    def _kept(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint of this start was written"
+        return f"{self.run_dir / 'last.pt'} keeps step {self.saved_step}"
 
     def _restore(self, payload: dict[str, Any], source: str) -> None:
         check_compatible(payload["meta"], self.cfg.model.name, self.num_classes, source)
@@ -340,7 +401,28 @@ class Trainer:
         self.scaler.load_state_dict(payload["scaler"])
         self.step = int(payload["step"])
         self.best_score = float(payload["best_score"])
+        self.saved_step = self.step
         restore_rng(payload["rng"])
+        # The restored learning rate is the old schedule's; with a changed train.iters/epochs the
+        # schedule is the new one from this step on (LambdaLR's own formula, so unchanged runs match).
+        scheduler = self.scheduler
+        for group, base, factor in zip(
+            self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(scheduler.last_epoch)
+
+    def _write_run_json(self) -> None:
+        """``run.json``: this start's record and the resolved config; earlier starts are kept."""
+        path = self.run_dir / "run.json"
+        earlier: list[dict[str, Any]] = []
+        if path.is_file():
+            try:
+                previous = json.loads(path.read_text())
+                earlier = [*previous.get("earlier", []), previous.get("run", {})]
+            except (ValueError, AttributeError):  # a damaged record is replaced, not fatal
+                earlier = []
+        record = {"run": self.run_info, "config": self.cfg.to_dict(), "earlier": earlier}
+        path.write_text(json.dumps(record, indent=2) + "\n")
 
     # -- the loop ----------------------------------------------------------------------------
     def _train_loader(self, epoch: int, start: int):
@@ -374,6 +456,7 @@ class Trainer:
         scores of the last evaluation (None when none ran)."""
         if self.dist.is_main:
             dump_config(self.cfg, self.run_dir / "config.yaml")
+            self._write_run_json()
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
@@ -396,21 +479,30 @@ class Trainer:
                     if self.cfg.train.channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
                     targets = targets.to(self.device, non_blocking=True)
-                    loss = train_step(
+                    skip = self.cfg.train.skip_nonfinite
+                    loss, stepped = train_step(
                         self.net, self.criterion, self.optimizer, self.scaler, images, targets,
-                        amp=self.cfg.train.amp, aux=aux,
+                        amp=self.cfg.train.amp, aux=aux, skip_nonfinite=skip,
                     )  # fmt: skip
+                    if not stepped and not skip:
+                        raise PixelwiseError(
+                            f"The loss became {loss} at step {self.step + 1} and the run stopped "
+                            f"before updating; {self._kept()}; lower optim.lr (now "
+                            f"{self.cfg.optim.lr}), check the labels, or set train.skip_nonfinite: true."
+                        )
                     lr = self.optimizer.param_groups[0]["lr"]
                     self.scheduler.step()
                     self.step += 1
                     seen += images.shape[0] * self.dist.world_size
-                    if not math.isfinite(loss):
-                        self.save("last.pt")
-                        raise PixelwiseError(
-                            f"The loss became {loss} at step {self.step}; lower optim.lr "
-                            f"(now {self.cfg.optim.lr}) or check the labels."
-                        )
+                    if not stepped:
+                        self.skipped += 1
+                        if self.dist.is_main:
+                            tqdm.write(
+                                f"step {self.step}: loss or gradients not finite, batch skipped "
+                                f"(train.skip_nonfinite; {self.skipped} so far)"
+                            )
                     if self.step % self.cfg.train.log_every == 0 or self.step == stop_at:
+                        self.check_finite()
                         speed = self.images_per_second(seen, tick)
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
                         self._log_scalars({"train/loss": loss, "train/lr": lr, "train/images_per_s": speed})
@@ -493,6 +585,40 @@ class Trainer:
             targets.append(target)
         model.train(was_training)
         return prediction_grid(images, targets, predictions, self.train_set.palette)
+
+
+# What a resumed run may change: how long it runs, how often it reports, where it reads its data
+# and which device it runs on. Everything else comes from the checkpoint; a different value is
+# refused, never recorded in the run's config and then not applied.
+RESUME_MAY_CHANGE = (
+    "train.iters", "train.epochs", "train.eval_every", "train.log_every", "train.vis_samples",
+    "train.device", "data.num_workers", "data.root",
+)  # fmt: skip
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("options", "val_options"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume_config(config: Config, saved: dict[str, Any], source: str) -> None:
+    """Refuse a resume whose config differs from the run's own outside :data:`RESUME_MAY_CHANGE`."""
+    before = _flatten(config_from_dict(saved, f"the config in {source}").to_dict())
+    after = _flatten(config.to_dict())
+    differ = [k for k in after if after[k] != before.get(k) and k not in RESUME_MAY_CHANGE]
+    if differ:
+        shown = ", ".join(f"{k} {before.get(k)!r} -> {after[k]!r}" for k in differ[:5])
+        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+        raise PixelwiseError(
+            f"--resume {source}: the config differs from the run's own in {shown}{more}; resume "
+            f"with the run's config.yaml (only {', '.join(RESUME_MAY_CHANGE)} may change) or "
+            "start a new run."
+        )
 
 
 def config_from_checkpoint(payload: dict[str, Any]) -> Config:
