@@ -354,9 +354,8 @@ def cmd_datasets(args) -> int:
     from pixelwise.data import dataset_class, list_datasets
 
     if args.action == "check":
-        from pixelwise.data.check import check_dataset, format_report
-
         from pixelwise.config import apply_overrides
+        from pixelwise.data.check import check_dataset, format_report
 
         options: dict = {}
         apply_overrides(options, args.overrides, "datasets check")

@@ -83,3 +83,59 @@ def test_truncated_label_is_unreadable(root):
 def test_wrong_root_raises_naming_the_folder(tmp_path):
     with pytest.raises(PixelwiseError, match="expected the folder train/"):
         check_dataset("camvid", tmp_path, "train")
+
+
+def test_an_rgb_label_has_its_own_problem_kind(root):
+    name = NAMES[2]
+    rgb = np.zeros((H, W, 3), dtype=np.uint8)
+    rgb[..., 0] = 128
+    Image.fromarray(rgb).save(root / "trainannot" / f"{name}.png")
+    report = check_dataset("camvid", root, "train", workers=1)
+    assert report.problems["rgb_label"].count == 1 and report.problems["bad_values"].count == 0
+    assert name in report.problems["rgb_label"].examples[0]
+    assert "convert them to single-channel class-index PNGs" in format_report(report)
+    assert report.exit_code == 1
+
+
+def test_a_reader_bug_is_exit_2_not_problems_found(root, monkeypatch, capsys):
+    from pixelwise.cli import main
+    from pixelwise.data.camvid import CamVid
+
+    def broken(self, sample):
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(CamVid, "load_mask", broken)
+    report = check_dataset("camvid", root, "train", workers=1)
+    assert report.problems["loader_error"].count == len(NAMES) and report.exit_code == 2
+    assert "ZeroDivisionError: planted" in report.problems["loader_error"].examples[0]
+    assert main(["datasets", "check", "camvid", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "bug in pixelwise" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_index_crash_is_one_sentence(root, monkeypatch, capsys):
+    from pixelwise.cli import main
+    from pixelwise.data.camvid import CamVid
+
+    monkeypatch.setattr(CamVid, "build_index", lambda self: {}["trainNdxs"])
+    assert main(["datasets", "check", "camvid", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "could not be indexed (KeyError" in err and "Traceback" not in err
+
+
+def test_dataset_options_are_typed_and_checked(tmp_path, capsys):
+    from pixelwise.cli import main
+
+    folder = tmp_path / "shapes_root"
+    folder.mkdir()
+    assert (
+        main(["datasets", "check", "shapes", str(folder), "num_samples=3", "image_size=[16, 16]"])
+        == 0
+    )
+    assert "3 samples" in capsys.readouterr().out
+    assert main(["datasets", "check", "shapes", str(folder), "num_samples=three"]) == 2
+    err = capsys.readouterr().err
+    assert "num_samples='three'" in err and "must be null or an integer" in err
+    assert main(["datasets", "check", "shapes", str(folder), "sbd_root=/x"]) == 2
+    err = capsys.readouterr().err
+    assert "does not take sbd_root" in err and "num_samples" in err

@@ -7,13 +7,18 @@ It walks every sample of a split through the dataset's own ``build_index`` / ``l
 * ``unreadable_image`` / ``unreadable_label``: the file exists but does not decode (truncated or
   corrupt), or a non-image label (.mat, JSON) was refused by its loader;
 * ``size_mismatch``: image and label sizes differ;
+* ``rgb_label``: a label saved as an RGB (3-channel) picture that the loader refused, where the
+  dataset wants single-channel class indices;
 * ``bad_values``: label values that are neither a class id ``0..C-1`` nor 255 after decoding, or
-  raw values the loader refused (``base.apply_lut``) in a label image that itself decodes.
+  raw values the loader refused (``base.apply_lut``) in a label image that itself decodes;
+* ``loader_error``: a loader failed in a way it should not (an exception other than pixelwise's
+  one-sentence error or a file error). That is a bug in the reader, not a problem of the data, so
+  such a report has ``exit_code`` 2, never 1.
 
 It also counts the pixels of every class and of ignore (``np.bincount``, no per-pixel Python);
 a label its loader refused adds nothing to these counts.
 A root that is not the dataset at all raises :class:`PixelwiseError` (the CLI exits 2); a report
-with problems has ``exit_code`` 1, a clean one 0.
+with problems has ``exit_code`` 1, a clean one 0, one with loader errors 2.
 
 Files of a sample come from the dataset's ``sample_files(sample)`` when it has one (a dict with
 ``"image"`` and ``"label"`` paths), otherwise from the first and last ``Path`` of the sample tuple.
@@ -43,7 +48,9 @@ PROBLEM_KINDS = {
     "unreadable_image": "unreadable or truncated images",
     "unreadable_label": "unreadable or invalid labels",
     "size_mismatch": "image/label size mismatches",
+    "rgb_label": "labels saved as RGB; convert them to single-channel class-index PNGs",
     "bad_values": "labels with values outside the classes",
+    "loader_error": "samples the reader failed on unexpectedly (a bug in pixelwise; please report it)",
 }
 #: Errors a broken file can raise through a loader; anything else is a bug and propagates.
 _DATA_ERRORS = (PixelwiseError, OSError, ValueError, SyntaxError, KeyError, IndexError)
@@ -80,7 +87,12 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when clean, 1 when any problem was found (2, a wrong root, is raised instead)."""
+        """0 when clean, 1 when the data has problems, 2 when a reader failed unexpectedly.
+
+        A wrong root or bad options raise instead (the CLI exits 2 for them too).
+        """
+        if self.problems["loader_error"].count:
+            return 2
         return 1 if self.problem_count else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,8 +147,29 @@ def _error_text(error: BaseException) -> str:
     return str(error) if isinstance(error, PixelwiseError) else f"{type(error).__name__}: {error}"
 
 
+def _is_rgb(path: Path) -> bool:
+    """True when ``path`` decodes as a 3- or 4-channel colour picture."""
+    try:
+        with Image.open(path) as img:
+            return img.mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
 def check_sample(dataset: SegmentationDataset, sample: Any) -> _SampleResult:
-    """Decode one sample and list its problems; never raises for a broken file."""
+    """Decode one sample and list its problems; never raises.
+
+    A reader failure that is neither :class:`PixelwiseError` nor a file error is recorded as
+    ``loader_error`` (with the file and the exception), so one bad reader path cannot stop the walk.
+    """
+    try:
+        return _check_sample(dataset, sample)
+    except Exception as error:  # noqa: BLE001 - recorded and reported as a reader bug, exit 2
+        files = ", ".join(str(p) for p in sample_files(dataset, sample).values())
+        return _SampleResult(problems=[("loader_error", f"{files}: {type(error).__name__}: {error}")])
+
+
+def _check_sample(dataset: SegmentationDataset, sample: Any) -> _SampleResult:
     where = dataset.describe(sample)
     result = _SampleResult(problems=[])
     for role, path in sample_files(dataset, sample).items():
@@ -155,11 +188,12 @@ def check_sample(dataset: SegmentationDataset, sample: Any) -> _SampleResult:
         # Loaders refuse undefined raw values (base.apply_lut); a label file that decodes by
         # itself but is refused has bad values, one that does not decode is unreadable.
         label = sample_files(dataset, sample).get("label")
-        kind = (
-            "bad_values"
-            if label is not None and _image_decodes(Path(label))
-            else "unreadable_label"
-        )
+        if label is not None and _is_rgb(Path(label)):
+            kind = "rgb_label"
+        elif label is not None and _image_decodes(Path(label)):
+            kind = "bad_values"
+        else:
+            kind = "unreadable_label"
         result.problems.append((kind, _error_text(error)))
     if mask is None:
         return result
@@ -209,8 +243,17 @@ def check_dataset(
             or the name, split or options are invalid.
     """
     start = time.perf_counter()
-    dataset = build_dataset(name, root, split=split, **(options or {}))
-    samples = dataset.samples  # raises for a root that is not this dataset at all
+    options = typed_options(name, options or {})
+    dataset = build_dataset(name, root, split=split, **options)
+    try:
+        samples = dataset.samples  # raises for a root that is not this dataset at all
+    except PixelwiseError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a reader bug: one sentence and exit 2, never 1
+        raise PixelwiseError(
+            f"{name} {split} at {root} could not be indexed ({type(error).__name__}: {error}); "
+            "this is a bug in pixelwise's reader, please report it."
+        ) from error
     report = CheckReport(
         dataset=name,
         root=str(root),
@@ -233,6 +276,55 @@ def check_dataset(
     report.class_pixels = histogram.tolist()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def typed_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the annotations of ``name``'s dataset class.
+
+    Values typed on the command line arrive parsed as YAML (``sbd_root=/data/sbd`` is a string,
+    ``coarse=true`` a bool); each is converted like a config value (an int where a float is
+    wanted) or refused in one sentence. Annotations the config checker has no rule for (``Path``,
+    ``Sequence``) take the value as it is.
+
+    Raises:
+        PixelwiseError: an option the class does not take (listing those it does), or a value of
+            the wrong type.
+    """
+    import inspect
+    from typing import get_type_hints
+
+    from pixelwise.config import _coerce, _describe, _Mismatch
+    from pixelwise.data import dataset_class
+
+    init = dataset_class(name).__init__
+    params = {
+        p.name: p
+        for p in inspect.signature(init).parameters.values()
+        if p.name not in ("self", "root", "split", "transforms") and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise PixelwiseError(
+            f"Dataset {name!r} does not take {', '.join(unknown)}; its options are: "
+            f"{', '.join(params) or 'none'}."
+        )
+    try:
+        hints = get_type_hints(init)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve is not checked
+        hints = {}
+    typed = {}
+    for key, value in options.items():
+        hint = hints.get(key, Any)
+        try:
+            typed[key] = _coerce(value, hint, None)
+        except _Mismatch:
+            raise PixelwiseError(
+                f"Option {key}={value!r} of dataset {name!r} must be {_describe(hint, None)}; "
+                f"its default is {params[key].default!r}."
+            ) from None
+        except TypeError:
+            typed[key] = value
+    return typed
 
 
 def _map(
