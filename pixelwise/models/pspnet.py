@@ -1,0 +1,240 @@
+"""PSPNet: a dilated ResNet whose last feature map is pooled at four scales and concatenated back.
+
+Paper: Zhao, Shi, Qi, Wang, Jia, "Pyramid Scene Parsing Network", CVPR 2017, arXiv:1612.01105.
+
+Reference code followed: the authors' released inference nets hszhao/PSPNet
+``evaluation/prototxt/pspnet{50_ADE20K,101_VOC2012,101_cityscapes}_473/713.prototxt`` for the
+topology and the counts, and the authors' PyTorch port hszhao/semseg ``model/pspnet.py`` (the
+trainable version of the same net) for the training-time parts (auxiliary head, dropout):
+
+- Encoder: ResNet-50/101 with the "deep stem" (3x3/2 conv 64, 3x3 conv 64, 3x3 conv 128, each
+  BN + ReLU, then the 3x3/2 max pool); ``layer3`` and ``layer4`` keep stride 1 and dilate every 3x3
+  conv by 2 and 4, so ``layer4`` (res5, 2048 channels) is at 1/8 of the input (output stride 8).
+  This is the shared :class:`~pixelwise.models.backbones.ResNetBackbone`.
+- Pyramid pooling module on res5: bins 1, 2, 3 and 6, each an average pool to bin x bin, a 1x1 conv
+  2048 -> 512 (no bias) + BN + ReLU, bilinearly upsampled to the res5 size; concatenated after res5
+  itself as [res5, bin 1, bin 2, bin 3, bin 6] (4096 channels).
+- Head: 3x3 conv 4096 -> 512 (no bias) + BN + ReLU, dropout 0.1, 1x1 conv 512 -> C (with bias),
+  bilinearly upsampled by 8 to the input size.
+- Auxiliary head (training only, ``aux=True``): on res4 (``layer3``, 1024 channels) a 3x3 conv
+  1024 -> 256 + BN + ReLU, dropout 0.1, 1x1 conv 256 -> C, upsampled to the input size; the
+  recipes weight its loss by 0.4 (``loss.aux_weights: [0.4]``).
+
+With 150 classes and no auxiliary head ``pspnet50`` has 46.78M parameters and ``pspnet101`` with
+21 classes 65.71M, the counts of the released prototxts (../shared/REFERENCE.md part A).
+
+Deviations and choices:
+
+- Pooling. The prototxts average-pool with fixed kernels (60/30/20/10 on the 60x60 map of a 473
+  input; 90/45/30/15 at 713), which only fit those sizes (pytorch-semseg reproduces them and fails
+  on other sizes). Here the bins are adaptive average pools (as hszhao/semseg), which give exactly
+  the same windows at 473 and 713 and a bin x bin map for any input size.
+- ``align_corners``. Caffe's ``Interp`` layer (from DeepLab) and hszhao/semseg interpolate with the
+  corner pixels aligned (PyTorch ``align_corners=True``), which is why the authors' sizes are
+  8k + 1 (473, 713): the 1/8 map's corners then fall exactly on the input's corners. pixelwise uses
+  ``align_corners=False`` everywhere (training, sliding-window inference and the loss must agree),
+  so every interpolate here says ``align_corners=False``; weights trained with the authors' code
+  would see their upsampled maps shifted by a fraction of a pixel.
+- Dropout is :class:`~torch.nn.Dropout2d` (whole channels) as in hszhao/semseg; the Caffe
+  prototxts are inference-only and say nothing about the training dropout's form.
+- The auxiliary head is built only with ``aux=True`` (the released counts have none); calling
+  ``model(x, return_aux=True)`` without it raises. hszhao/semseg trains its new layers (PPM, head,
+  auxiliary head) at 10x the backbone's learning rate; pixelwise's optimiser has one rate.
+- Batch 1 in training: BatchNorm after the 1x1 bin would normalise one value per channel, which
+  PyTorch refuses with a bare ``ValueError``; here it is a :class:`PixelwiseError` that names the
+  fix (a batch of 2 or more, as every recipe has, or ``model.eval()``). Evaluation at batch 1 works.
+
+Pretrained encoder (``weights_backbone``): the deep stem's keys are ``conv1..3``/``bn1..3`` plus
+``layer1..4`` (and ``fc``, dropped), the layout of hszhao/semseg's ImageNet ResNets
+(``resnet50_v2.pth``, ``resnet101_v2.pth``), which load as they are. torchvision's ImageNet
+ResNets have the 7x7 stem and fit only a model built with ``deep_stem=False`` (then
+``ResNet50_Weights.IMAGENET1K_V1`` etc. load directly); that variant is not the paper's.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelwise.errors import PixelwiseError
+from pixelwise.models.backbones import ResNetBackbone, WeightsSource, load_backbone
+from pixelwise.models.layers import ConvBNReLU
+from pixelwise.models.registry import register_model
+
+__all__ = ["PSPNet", "PyramidPooling", "pspnet50", "pspnet101"]
+
+PAPER = "Zhao et al., Pyramid Scene Parsing Network (arXiv:1612.01105)"
+BINS: tuple[int, ...] = (1, 2, 3, 6)
+HEAD_CHANNELS = 512
+AUX_CHANNELS = 256
+DROPOUT = 0.1
+
+
+class PyramidPooling(nn.Module):
+    """Pool the map to each ``bins`` size, 1x1 conv + BN + ReLU, upsample, concatenate after ``x``.
+
+    ``forward`` maps N x C x h x w to N x (C + len(bins) * C / len(bins)) x h x w; branch i's
+    ``pool`` (an adaptive average pool) gives N x C x bins[i] x bins[i] for any h, w >= 1.
+    """
+
+    def __init__(self, in_channels: int, bins: Sequence[int] = BINS) -> None:
+        super().__init__()
+        branch_channels = in_channels // len(bins)
+        self.bins = tuple(bins)
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                OrderedDict(
+                    pool=nn.AdaptiveAvgPool2d(b),
+                    conv=ConvBNReLU(in_channels, branch_channels, 1),
+                )
+            )
+            for b in self.bins
+        )
+        self.out_channels = in_channels + branch_channels * len(self.bins)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            self._refuse_one_value_per_channel()
+        size = x.shape[-2:]
+        pooled = [
+            F.interpolate(branch(x), size=size, mode="bilinear", align_corners=False)
+            for branch in self.branches
+        ]
+        return torch.cat([x, *pooled], dim=1)
+
+    def _refuse_one_value_per_channel(self) -> None:
+        # SyncBatchNorm pools the statistics of every rank, so one sample per rank is fine there.
+        if 1 not in self.bins:
+            return
+        if isinstance(self.branches[self.bins.index(1)].conv[1], nn.BatchNorm2d):
+            raise PixelwiseError(
+                "PSPNet cannot train on a batch of 1: the BatchNorm after its 1x1 pyramid bin "
+                "would see one value per channel; set data.batch_size to 2 or more (the PSPNet "
+                "recipes use 16), or call model.eval() to run a single image."
+            )
+
+
+def _classifier(in_channels: int, mid_channels: int, num_classes: int) -> nn.Sequential:
+    """3x3 conv + BN + ReLU, dropout, 1x1 conv to the classes (the main and auxiliary heads)."""
+    return nn.Sequential(
+        ConvBNReLU(in_channels, mid_channels, 3),
+        nn.Dropout2d(DROPOUT),
+        nn.Conv2d(mid_channels, num_classes, 1),
+    )
+
+
+class PSPNet(nn.Module):
+    """PSPNet; logits N x C x H x W for any input N x 3 x H x W.
+
+    ``forward(x, return_aux=True)`` returns ``(logits, [aux])`` where ``aux`` is the auxiliary
+    head's N x C x H x W prediction from res4 (needs ``aux=True``).
+
+    Args:
+        depth: the ResNet's depth (50 or 101 in the paper).
+        num_classes: output classes.
+        aux: build the auxiliary head on res4.
+        deep_stem: the paper's three-conv stem; False gives torchvision's 7x7 stem, so that
+            torchvision's ImageNet ResNets load.
+
+    Attributes:
+        encoder: ``ResNetBackbone(depth, output_stride=8, deep_stem=...)`` returning ``layer3``
+            (res4, 1024 ch) and ``layer4`` (res5, 2048 ch), both at 1/8.
+        ppm: the :class:`PyramidPooling` module on res5 (2048 -> 4096 channels).
+        head: 3x3 conv 4096 -> 512 + BN + ReLU, dropout, 1x1 conv -> C.
+        aux_head: the same shape on res4, 1024 -> 256 -> C; None unless ``aux``.
+    """
+
+    def __init__(
+        self, *, depth: int, num_classes: int, aux: bool = False, deep_stem: bool = True
+    ) -> None:
+        super().__init__()
+        self.encoder = ResNetBackbone(
+            depth, output_stride=8, deep_stem=deep_stem, return_layers=("layer3", "layer4")
+        )
+        res4_channels, res5_channels = self.encoder.out_channels
+        self.ppm = PyramidPooling(res5_channels, BINS)
+        self.head = _classifier(self.ppm.out_channels, HEAD_CHANNELS, num_classes)
+        self.aux_head = _classifier(res4_channels, AUX_CHANNELS, num_classes) if aux else None
+
+    def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        size = x.shape[-2:]
+        res4, res5 = self.encoder(x)
+        logits = _upsample(self.head(self.ppm(res5)), size)
+        if not return_aux:
+            return logits
+        if self.aux_head is None:
+            raise PixelwiseError(
+                "This PSPNet was built without its auxiliary head, so return_aux=True has nothing "
+                "to return; build it with aux=True (model.options: {aux: true}) or leave "
+                "loss.aux_weights empty."
+            )
+        return logits, [_upsample(self.aux_head(res4), size)]
+
+
+def _upsample(x: Tensor, size: torch.Size) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _build_pspnet(
+    *,
+    depth: int,
+    num_classes: int,
+    aux: bool,
+    deep_stem: bool,
+    weights_backbone: WeightsSource,
+) -> PSPNet:
+    model = PSPNet(depth=depth, num_classes=num_classes, aux=aux, deep_stem=deep_stem)
+    load_backbone(model.encoder, weights_backbone)
+    return model
+
+
+@register_model("pspnet50", paper=PAPER, year=2017, input_size=(473, 473), num_classes=150)
+def pspnet50(
+    *,
+    num_classes: int,
+    aux: bool = False,
+    deep_stem: bool = True,
+    weights_backbone: WeightsSource = None,
+) -> PSPNet:
+    """PSPNet on a dilated ResNet-50: the authors' ADE20K model (150 classes, 473x473 crops).
+
+    Args:
+        num_classes: output classes.
+        aux: build the auxiliary head on res4 (train with ``loss.aux_weights: [0.4]``).
+        deep_stem: the paper's three-conv stem (default); False gives torchvision's 7x7 stem.
+        weights_backbone: ImageNet weights for the encoder, or None (random). With the deep stem:
+            a state dict (or its file) in hszhao/semseg's layout (``resnet50_v2.pth``: ``conv1..3``,
+            ``bn1..3``, ``layer1..4``; ``fc`` is dropped). With ``deep_stem=False``: torchvision's
+            ``ResNet50_Weights`` (or its name) or a saved torchvision ``resnet50`` state dict.
+    """
+    return _build_pspnet(
+        depth=50,
+        num_classes=num_classes,
+        aux=aux,
+        deep_stem=deep_stem,
+        weights_backbone=weights_backbone,
+    )
+
+
+@register_model("pspnet101", paper=PAPER, year=2017, input_size=(713, 713), num_classes=21)
+def pspnet101(
+    *,
+    num_classes: int,
+    aux: bool = False,
+    deep_stem: bool = True,
+    weights_backbone: WeightsSource = None,
+) -> PSPNet:
+    """PSPNet on a dilated ResNet-101: the authors' VOC (21 classes, 473x473) and Cityscapes
+    (19 classes, 713x713) models. Arguments as :func:`pspnet50` (``resnet101_v2.pth``,
+    ``ResNet101_Weights``)."""
+    return _build_pspnet(
+        depth=101,
+        num_classes=num_classes,
+        aux=aux,
+        deep_stem=deep_stem,
+        weights_backbone=weights_backbone,
+    )
