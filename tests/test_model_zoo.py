@@ -27,12 +27,17 @@ REFERENCE = {
     "fcdensenet103": (9_322_091, 69.1),
     "enet": (363_791, 1.69),
     "linknet": (11_535_659, 9.67),
+    "pspnet50": (46.78e6, 161.5),
+    # The released Cityscapes model's 517.2 G at 713x713 with 19 classes; at the registered 21
+    # classes the classifier adds 0.008 G (90 x 90 x 512 x 2), far inside the tolerance.
+    "pspnet101": (65.71e6, 517.2),
     # RefineNet: DrSleep/refinenet-pytorch rf101 (118.05M). ResNet-50/152 variants: the same
     # head on the other trunk, 118.05M - 44.55M + 25.56M / 60.19M (torchvision resnet101 vs
     # resnet50 / resnet152 parameter counts); no published MACs for them.
     "refinenet50": (99.06e6, None),
     "refinenet101": (118.05e6, 262.9),
     "refinenet152": (133.69e6, None),
+    "gfrnet": (29.19e6, 58.1),
 }
 
 
