@@ -184,6 +184,7 @@ def test_the_single_input_block_goes_straight_from_the_adapted_path_to_the_pooli
 # -- weights ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a random ResNet-101 state and a real 118M-parameter model: ~7 s on CPU
 def test_resnet101_weights_load_into_the_encoder() -> None:
     state = random_torchvision_state(torchvision.models.resnet101)
     model = refinenet101(num_classes=21, weights_backbone=state)
