@@ -50,8 +50,10 @@ def prediction_grid(
     palette: Sequence[Sequence[int]],
     gap: int = 4,
     min_height: int = 128,
+    classes: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Rows of image | ground truth | prediction under a titled header, separated by white gaps.
+    """Rows of image | ground truth | prediction under a titled header, separated by white gaps,
+    and, given ``classes``, a legend of every class's colour and name (and ignore's) below.
 
     Images shorter than ``min_height`` are enlarged by an integer factor (nearest neighbour, so
     label edges stay crisp) to stay legible.
@@ -74,7 +76,38 @@ def prediction_grid(
     padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     column = (width - 2 * gap) // 3
     header = _titles(["image", "ground truth", "prediction"], column + gap, width)
-    return np.concatenate([header, *padded], axis=0)[:-gap]
+    grid = np.concatenate([header, *padded], axis=0)[:-gap]
+    if classes is None:
+        return grid
+    spacer = np.full((gap, width, 3), 255, dtype=np.uint8)
+    return np.concatenate([grid, spacer, legend(classes, palette, width)], axis=0)
+
+
+def legend(
+    classes: Sequence[str], palette: Sequence[Sequence[int]], width: int, row_height: int = 16
+) -> np.ndarray:
+    """White strip of ``width`` pixels: a swatch and the name of each class, then "ignore" in its
+    colour, wrapped into as many rows as needed."""
+    from PIL import ImageDraw
+
+    entries = [(name, tuple(int(c) for c in colour)) for name, colour in zip(classes, palette, strict=True)]
+    entries.append(("ignore", IGNORE_COLOUR))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed, x, y = [], 2, 0
+    for name, colour in entries:
+        item = row_height + 4 + int(probe.textlength(name)) + 10  # swatch, space, name, gap
+        if x > 2 and x + item > width:
+            x, y = 2, y + row_height
+        placed.append((x, y, name, colour))
+        x += item
+    strip = Image.new("RGB", (width, y + row_height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for x, y, name, colour in placed:
+        size = row_height - 4
+        # A grey outline keeps white and near-white classes (and ignore) visible on white.
+        draw.rectangle([x, y + 2, x + size, y + 2 + size], fill=colour, outline=(128, 128, 128))
+        draw.text((x + size + 4, y + 2), name, fill=(0, 0, 0))
+    return np.asarray(strip)
 
 
 def _enlarge(array: np.ndarray, factor: int) -> np.ndarray:

@@ -569,13 +569,13 @@ class Trainer:
 
     @torch.no_grad()
     def prediction_picture(self) -> np.ndarray:
-        """image | ground truth | prediction for the first ``vis_samples`` validation images."""
-        n = min(self.cfg.train.vis_samples, len(self.val_set))
+        """image | ground truth | prediction for ``vis_samples`` validation images spread evenly over
+        the split (consecutive frames of a video dataset look alike), with a legend of the classes."""
         model = unwrap(self.net)
         was_training = model.training
         model.eval()
         images, targets, predictions = [], [], []
-        for i in range(n):
+        for i in spread_indices(len(self.val_set), self.cfg.train.vis_samples):
             image, target = self.eval_transforms(*self.val_set[i])
             logits = model(image[None].to(self.device))
             # A valid-padding model predicts the centre only: show the same window of each.
@@ -584,7 +584,15 @@ class Trainer:
             predictions.append(logits.argmax(1)[0].cpu())
             targets.append(target)
         model.train(was_training)
-        return prediction_grid(images, targets, predictions, self.train_set.palette)
+        return prediction_grid(images, targets, predictions, self.train_set.palette, classes=self.classes)
+
+
+def spread_indices(size: int, count: int) -> list[int]:
+    """``count`` indices evenly spaced over ``range(size)``, first and last included."""
+    count = min(count, size)
+    if count <= 1:
+        return list(range(count))
+    return sorted({round(i * (size - 1) / (count - 1)) for i in range(count)})
 
 
 # What a resumed run may change: how long it runs, how often it reports, where it reads its data
