@@ -46,7 +46,9 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("evil", [_Evil, _EvilSystem])
-def test_a_malicious_checkpoint_runs_nothing_in_eval_predict_or_resume(tmp_path, capsys, trained_run, evil):
+def test_a_malicious_checkpoint_runs_nothing_in_eval_predict_or_resume(
+    tmp_path, capsys, trained_run, evil
+):
     marker = tmp_path / "marker"
     good = torch.load(trained_run / "last.pt", weights_only=True)
     path = tmp_path / "evil.pt"
@@ -92,7 +94,11 @@ def test_a_version_1_checkpoint_still_resumes(tmp_path):
     """Version 1 stored the RNG states as random/numpy returned them (a numpy array inside)."""
     np.random.seed(7)
     path = tmp_path / "v1.pt"
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     torch.save({"version": 1, "model": {}, "meta": {}, "rng": rng}, path)
     expected = np.random.rand(3)
     payload = ckpt.load_checkpoint(path)

@@ -23,7 +23,8 @@ def run(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     trainer = Trainer(
-        config_from_dict(tiny_config(tmp_path_factory.mktemp("runs"), iters=1, eval_every=1)), progress=False
+        config_from_dict(tiny_config(tmp_path_factory.mktemp("runs"), iters=1, eval_every=1)),
+        progress=False,
     )
     trainer.fit()
     torch.set_num_threads(before)
@@ -73,7 +74,9 @@ def test_prediction_picture_draws_spread_samples(run, monkeypatch):
     asked: list[int] = []
     dataset = run.val_set
     original = type(dataset).__getitem__
-    monkeypatch.setattr(type(dataset), "__getitem__", lambda self, i: (asked.append(i), original(self, i))[1])
+    monkeypatch.setattr(
+        type(dataset), "__getitem__", lambda self, i: (asked.append(i), original(self, i))[1]
+    )
     run.cfg.train.vis_samples = 3
     run.prediction_picture()
     assert asked == [0, 2, 3]  # of the 4 validation images
@@ -84,7 +87,9 @@ def test_legend_shows_every_class_colour():
     mask = torch.zeros(8, 8, dtype=torch.long)
     palette = [(10, 20, 30), (200, 100, 50), (0, 255, 0)]
     plain = prediction_grid([image], [mask], [mask], palette, min_height=8)
-    with_legend = prediction_grid([image], [mask], [mask], palette, min_height=8, classes=["a", "bb", "c"])
+    with_legend = prediction_grid(
+        [image], [mask], [mask], palette, min_height=8, classes=["a", "bb", "c"]
+    )
     assert with_legend.shape[1] == plain.shape[1] and with_legend.shape[0] > plain.shape[0]
     strip = with_legend[plain.shape[0] :].reshape(-1, 3)
     for colour in palette[1:]:  # (the first also appears in the grid; these only in the legend)

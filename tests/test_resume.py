@@ -49,7 +49,10 @@ def assert_same_tensors(a: dict, b: dict, where: str = "") -> int:
         return sum(assert_same_tensors(a[k], b[k], f"{where}.{k}") for k in a)
     if isinstance(a, list | tuple):
         assert len(a) == len(b), where
-        return sum(assert_same_tensors(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
+        return sum(
+            assert_same_tensors(x, y, f"{where}[{i}]")
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+        )
     return 0
 
 
@@ -63,7 +66,9 @@ def test_resume_mid_epoch_with_dropout_is_bit_identical(tmp_path):
     assert resumed.step == 2
     resumed.fit()
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
-    count = assert_same_tensors(a["model"], b["model"]) + assert_same_tensors(a["optimizer"], b["optimizer"])
+    count = assert_same_tensors(a["model"], b["model"]) + assert_same_tensors(
+        a["optimizer"], b["optimizer"]
+    )
     assert count == len(a["model"]) + len(a["optimizer"]["state"])
 
 
@@ -105,7 +110,9 @@ def test_sigterm_to_the_process_group_mid_epoch_then_resume_is_bit_identical(tmp
     a = load_checkpoint(tmp_path / "runs" / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "runs" / "tiny" / "last.pt")
     assert a["step"] == b["step"] == 24
-    count = assert_same_tensors(a["model"], b["model"]) + assert_same_tensors(a["optimizer"], b["optimizer"])
+    count = assert_same_tensors(a["model"], b["model"]) + assert_same_tensors(
+        a["optimizer"], b["optimizer"]
+    )
     assert count == len(a["model"]) + len(a["optimizer"]["state"])
 
 
@@ -133,7 +140,9 @@ def test_resume_refuses_another_config_naming_the_keys(tmp_path, capsys, stopped
     assert err.count("\n") == 1
     # An override that would be recorded but not applied (the optimizer keeps its lr) is refused too.
     config = stopped_run / "config.yaml"
-    assert main(["train", str(config), "--resume", str(stopped_run / "last.pt"), "optim.lr=0.1"]) == 2
+    assert (
+        main(["train", str(config), "--resume", str(stopped_run / "last.pt"), "optim.lr=0.1"]) == 2
+    )
     assert "optim.lr 0.05 -> 0.1" in capsys.readouterr().err
     assert load_checkpoint(stopped_run / "last.pt")["step"] == 2  # nothing was changed
 

@@ -79,15 +79,21 @@ def reference() -> dict:
 
 
 def _max_difference(a: dict, b: dict) -> float:
-    diffs = [(a["state"][k].double() - b["state"][k].double()).abs().max().item() for k in a["state"]]
+    diffs = [
+        (a["state"][k].double() - b["state"][k].double()).abs().max().item() for k in a["state"]
+    ]
     return max(*diffs, (a["eval"] - b["eval"]).abs().max().item())
 
 
-def test_two_processes_with_sync_bn_end_where_one_process_at_twice_the_batch_ends(tmp_path, reference):
+def test_two_processes_with_sync_bn_end_where_one_process_at_twice_the_batch_ends(
+    tmp_path, reference
+):
     synced = _two_processes(tmp_path, sync=True)
     assert synced["state"].keys() == reference["state"].keys()  # checkpoints load either way
     assert _max_difference(synced, reference) < 1e-5
-    assert torch.equal(synced["state"]["4.num_batches_tracked"], reference["state"]["4.num_batches_tracked"])
+    assert torch.equal(
+        synced["state"]["4.num_batches_tracked"], reference["state"]["4.num_batches_tracked"]
+    )
 
 
 def test_without_sync_the_same_run_ends_elsewhere(tmp_path, reference):

@@ -43,7 +43,12 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         if bias is not None:
             y = y + bias.float().view(shape)
         ctx.save_for_backward(x_hat, invstd, weight, count)
-        ctx.has_weight, ctx.has_bias, ctx.group, ctx.dims = weight is not None, bias is not None, group, dims
+        ctx.has_weight, ctx.has_bias, ctx.group, ctx.dims = (
+            weight is not None,
+            bias is not None,
+            group,
+            dims,
+        )
         ctx.mark_non_differentiable(mean, var, count)
         return y.to(x.dtype), mean, var, count
 
@@ -56,7 +61,11 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         local_sum_g_xhat = (g * x_hat).sum(dims)
         # The parameters' gradients stay local: DistributedDataParallel averages them like any other.
         grad_weight = local_sum_g_xhat.to(weight.dtype) if ctx.has_weight else None
-        grad_bias = local_sum_g.to(weight.dtype if ctx.has_weight else grad_y.dtype) if ctx.has_bias else None
+        grad_bias = (
+            local_sum_g.to(weight.dtype if ctx.has_weight else grad_y.dtype)
+            if ctx.has_bias
+            else None
+        )
         sums = _all_reduce(torch.cat([local_sum_g, local_sum_g_xhat]), ctx.group)
         channels = local_sum_g.numel()
         mean_g, mean_g_xhat = sums[:channels] / count, sums[channels:] / count
@@ -110,7 +119,9 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     """Replace every ``nn.BatchNorm*d`` in ``module`` by :class:`SyncBatchNorm`, keeping its
     parameters, buffers and train/eval mode (as ``nn.SyncBatchNorm.convert_sync_batchnorm``)."""
     converted = module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+        module, SyncBatchNorm
+    ):
         converted = SyncBatchNorm(
             module.num_features, module.eps, module.momentum, module.affine,
             module.track_running_stats, process_group=process_group,
@@ -140,4 +151,3 @@ def _device_of(module: nn.Module) -> torch.device | None:
 def _dtype_of(module: nn.Module) -> torch.dtype | None:
     tensor = next(iter(module.parameters()), None)
     return None if tensor is None else tensor.dtype
-
