@@ -80,6 +80,8 @@ SMALL_OPTIONS = {
     **{f"fcdensenet{n}": {"dropout": 0.0} for n in (56, 67, 103)},
 }
 HEAVY = {"fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce"} | {f"refinenet{n}" for n in (50, 101, 152)}
+# PSPNet: a dilated ResNet at output stride 8; eight Adam steps take minutes on a shared CPU.
+HEAVY |= {"pspnet50", "pspnet101"}
 
 
 def small_model(name: str, num_classes: int = 3) -> torch.nn.Module:
