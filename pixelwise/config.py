@@ -367,7 +367,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise PixelwiseError(f"Config file {path} is not valid YAML: {error}") from None
+        # PyYAML's own text spans several lines with a drawing of the spot; keep one sentence.
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise PixelwiseError(
+            f"Config file {path} is not valid YAML{where} ({problem}); fix the syntax there."
+        ) from None
     if not isinstance(data, dict):
         raise PixelwiseError(
             f"Config file {path} must hold a mapping of sections, got {_show(data)}."
