@@ -144,3 +144,18 @@ def test_real_sample_annotations_decode(tmp_path: Path) -> None:
         assert image.shape[-2:] == mask.shape == raw.shape
         np.testing.assert_array_equal(mask.numpy(), expected(raw))
         assert (mask == 255).any() and int(mask[mask != 255].max()) < 150
+
+
+def test_check_counts_a_missing_annotation_and_training_still_refuses(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pixelwise.cli import main
+
+    label = root / "annotations" / "training" / "ADE_train_00000002.png"
+    label.unlink()
+    assert main(["datasets", "check", "ade20k", str(root), "--split", "train"]) == 1
+    out = capsys.readouterr().out
+    assert "2 samples checked" in out and "missing labels: 1" in out and str(label) in out
+    # The lenient index the check cached must not stand in for the strict one training builds.
+    with pytest.raises(PixelwiseError, match="ADE_train_00000002.jpg has no annotation"):
+        len(build_dataset("ade20k", root, split="train"))

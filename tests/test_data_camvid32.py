@@ -178,3 +178,33 @@ def test_a_palette_label_is_read_by_colour(root: Path) -> None:
     img.save(root / "LabeledApproved_full" / f"{TEST_FRAMES[0]}_L.png")
     _, mask = build_dataset("camvid32", root, split="test")[0]
     np.testing.assert_array_equal(mask.numpy(), ids)
+
+
+def test_check_counts_a_missing_label_and_training_still_refuses(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pixelwise.cli import main
+
+    label = root / "LabeledApproved_full" / "Seq05VD_f00000_L.png"
+    label.unlink()
+    assert main(["datasets", "check", "camvid32", str(root), "--split", "all"]) == 1
+    out = capsys.readouterr().out
+    assert "3 samples checked" in out and "missing labels: 1" in out and str(label) in out
+    # The lenient index the check cached must not stand in for the strict one training builds.
+    with pytest.raises(PixelwiseError, match="Seq05VD_f00000.png has no label"):
+        len(build_dataset("camvid32", root, split="all"))
+
+
+def test_check_counts_a_listed_frame_without_image(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pixelwise.cli import main
+
+    listed = tmp_path / "mine.txt"
+    listed.write_text("0001TP_008550\n0001TP_999999\n")
+    args = ["datasets", "check", "camvid32", str(root), "--split", "test", f"split_file={listed}"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "missing images: 1" in out and "0001TP_999999.png" in out
+    with pytest.raises(PixelwiseError, match="Frame 0001TP_999999 of split 'test' has no image"):
+        len(CamVid32(root, split="test", split_file=listed))

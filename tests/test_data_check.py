@@ -139,3 +139,13 @@ def test_dataset_options_are_typed_and_checked(tmp_path, capsys):
     assert main(["datasets", "check", "shapes", str(folder), "sbd_root=/x"]) == 2
     err = capsys.readouterr().err
     assert "does not take sbd_root" in err and "num_samples" in err
+
+
+def test_an_unknown_option_lists_only_real_options(tmp_path):
+    from pixelwise.data import build_dataset
+
+    with pytest.raises(PixelwiseError, match="does not take bogus") as caught:
+        build_dataset("folder", tmp_path, split="all", bogus=1)
+    assert "val_fraction" in str(caught.value) and "transforms" not in str(caught.value)
+    with pytest.raises(PixelwiseError, match=r"does not take bogus; its options are: none\.$"):
+        build_dataset("ade20k", tmp_path, split="train", bogus=1)

@@ -164,3 +164,19 @@ def test_second_open_uses_the_cache(root: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(Cityscapes, "_scan", no_scan)
     assert Cityscapes(root, split="train").samples == first
+
+
+def test_check_counts_a_missing_label_and_training_still_refuses(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pixelwise.cli import main
+
+    city, base = FRAMES["train"][1]
+    label = root / "gtFine" / "train" / city / f"{base}_gtFine_labelIds.png"
+    label.unlink()
+    assert main(["datasets", "check", "cityscapes", str(root), "--split", "train"]) == 1
+    out = capsys.readouterr().out
+    assert "2 samples checked" in out and "missing labels: 1" in out and str(label) in out
+    # The lenient index the check cached must not stand in for the strict one training builds.
+    with pytest.raises(PixelwiseError, match=f"{base}_leftImg8bit.png has no label"):
+        len(build_dataset("cityscapes", root, split="train"))

@@ -237,3 +237,20 @@ def test_a_broken_classes_yaml_is_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(PixelwiseError, match="fix its syntax") as error:
         Folder(root, split="all")
     assert "\n" not in str(error.value)
+
+
+def test_check_counts_a_missing_mask_and_training_still_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pixelwise.cli import main
+
+    root = make_root(tmp_path, ["a", "b", "c"])
+    (root / "masks/b.png").unlink()
+    for _ in range(2):  # the second check reads the index it cached
+        assert main(["datasets", "check", "folder", str(root), "--split", "all"]) == 1
+        out = capsys.readouterr().out
+        assert "3 samples checked" in out and "missing labels: 1" in out
+        assert str(root / "masks/b.png") in out
+    # The lenient index the check cached must not stand in for the strict one training builds.
+    with pytest.raises(PixelwiseError, match=r"images/b.jpg has no mask"):
+        len(build_dataset("folder", root, split="all"))

@@ -22,13 +22,17 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
     accepted = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        valid = ", ".join(p for p in accepted if p not in ("self", "root", "split"))
+        # transforms is for code, not a value a user can type, so it is not offered.
+        valid = ", ".join(p for p in accepted if p not in ("self", "root", "split", "transforms"))
         raise PixelwiseError(
-            f"Dataset {name!r} does not take {', '.join(unknown)}; its options are: {valid}."
+            f"Dataset {name!r} does not take {', '.join(unknown)}; its options are: "
+            f"{valid or 'none'}."
         )
     if root is None:
         if "root" in accepted and accepted["root"].default is inspect.Parameter.empty:
-            raise PixelwiseError(f"Dataset {name!r} needs a root: the folder of the unpacked download.")
+            raise PixelwiseError(
+                f"Dataset {name!r} needs a root: the folder of the unpacked download."
+            )
         return cls(split=split, **kwargs)
     return cls(root, split=split, **kwargs)
 

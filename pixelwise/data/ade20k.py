@@ -29,6 +29,7 @@ from pixelwise.data.base import (
     cached_index,
     file_names,
     lookup_table,
+    missing_file,
     read_image,
     read_label_png,
     register_dataset,
@@ -147,9 +148,11 @@ class ADE20K(SegmentationDataset):
         for name in sorted(n for n in file_names(images) if n.lower().endswith(".jpg")):
             label = Path(name).stem + ".png"
             if label not in label_names:
-                raise PixelwiseError(
-                    f"Image {images / name} has no annotation: expected {labels / label}; restore it "
-                    "from ADEChallengeData2016.zip or remove the image."
+                missing_file(
+                    PixelwiseError(
+                        f"Image {images / name} has no annotation: expected {labels / label}; "
+                        "restore it from ADEChallengeData2016.zip or remove the image."
+                    )
                 )
             samples.append((images / name, labels / label))
         return samples

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +35,36 @@ MAX_IMAGE_PIXELS = 80_000_000
 Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
+
+# True only inside ``index_missing_files()``. A context variable rather than a dataset option, so
+# that no user-facing constructor offers a switch that would let training skip or mis-pair files.
+_INDEX_MISSING_FILES: ContextVar[bool] = ContextVar("index_missing_files", default=False)
+
+
+@contextmanager
+def index_missing_files() -> Iterator[None]:
+    """Within this block readers index a sample whose image or label file is absent.
+
+    ``pixelwise datasets check`` builds its index here so that it can count such samples as
+    ``missing_image`` / ``missing_label``; everywhere else :func:`missing_file` raises, so a
+    dataset used for training never skips or mis-pairs files. :func:`cached_index` keeps the
+    indexes built here apart from the strict ones.
+    """
+    token = _INDEX_MISSING_FILES.set(True)
+    try:
+        yield
+    finally:
+        _INDEX_MISSING_FILES.reset(token)
+
+
+def missing_file(error: PixelwiseError) -> None:
+    """Raise ``error`` (one sentence naming the absent file) unless inside ``index_missing_files()``.
+
+    A reader calls it where a file its index names is absent, then indexes the sample with the
+    path the file should have, which the checker finds missing.
+    """
+    if not _INDEX_MISSING_FILES.get():
+        raise error
 
 
 def register_dataset(name: str):
@@ -441,9 +472,15 @@ def cached_index(
     The index is a JSON list (paths stored as strings, tuples as lists) under
     ``$PIXELWISE_CACHE/index``. A folder's mtime changes when files are added or removed in it, so
     watching the split's folders (not every file) keeps the check cheap for 100k-file datasets.
+    Indexes built inside :func:`index_missing_files` are cached under their own keys.
     """
     stamps = [(str(p), p.stat().st_mtime_ns if p.exists() else None) for p in watch]
-    digest = hashlib.sha1(json.dumps([list(map(str, key)), stamps]).encode()).hexdigest()[:20]
+    parts: list[Any] = [list(map(str, key)), stamps]
+    # An index built inside index_missing_files() may name absent files; keyed apart, it is never
+    # handed to a strict caller, which must rescan and raise. (Strict keys stay as they were.)
+    if _INDEX_MISSING_FILES.get():
+        parts.append("index_missing_files")
+    digest = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:20]
     path = _cache_dir() / f"{digest}.json"
     if path.is_file():
         try:

@@ -35,6 +35,7 @@ from pixelwise.data.base import (
     Transform,
     cached_index,
     file_names,
+    missing_file,
     open_image,
     parse_list_file,
     read_image,
@@ -160,14 +161,18 @@ class CamVid32(SegmentationDataset):
         samples = []
         for frame in frames:
             if frame not in on_disk:
-                raise PixelwiseError(
-                    f"Frame {frame} of split {self.split!r} has no image {images / (frame + '.png')}; "
-                    "restore it or fix the split list."
+                missing_file(
+                    PixelwiseError(
+                        f"Frame {frame} of split {self.split!r} has no image "
+                        f"{images / (frame + '.png')}; restore it or fix the split list."
+                    )
                 )
             if f"{frame}_L.png" not in label_names:
-                raise PixelwiseError(
-                    f"Image {images / (frame + '.png')} has no label: expected "
-                    f"{labels / (frame + '_L.png')}; restore it from LabeledApproved_full.zip."
+                missing_file(
+                    PixelwiseError(
+                        f"Image {images / (frame + '.png')} has no label: expected "
+                        f"{labels / (frame + '_L.png')}; restore it from LabeledApproved_full.zip."
+                    )
                 )
             samples.append((images / f"{frame}.png", labels / f"{frame}_L.png"))
         return samples

@@ -3,7 +3,8 @@
 It walks every sample of a split through the dataset's own ``build_index`` / ``load_image`` /
 ``load_mask`` but, unlike ``__getitem__``, collects problems instead of raising on the first one:
 
-* ``missing_image`` / ``missing_label``: a file the index names is absent;
+* ``missing_image`` / ``missing_label``: a file the index names is absent (readers index such a
+  sample inside ``base.index_missing_files()`` instead of raising, as they do for training);
 * ``unreadable_image`` / ``unreadable_label``: the file exists but does not decode (truncated or
   corrupt), or a non-image label (.mat, JSON) was refused by its loader;
 * ``size_mismatch``: image and label sizes differ;
@@ -38,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from pixelwise.data import build_dataset
-from pixelwise.data.base import IGNORE_INDEX, SegmentationDataset
+from pixelwise.data.base import IGNORE_INDEX, SegmentationDataset, index_missing_files
 from pixelwise.errors import PixelwiseError
 
 #: Problem kinds in report order, with the words ``format_report`` prints for them.
@@ -166,7 +167,9 @@ def check_sample(dataset: SegmentationDataset, sample: Any) -> _SampleResult:
         return _check_sample(dataset, sample)
     except Exception as error:  # noqa: BLE001 - recorded and reported as a reader bug, exit 2
         files = ", ".join(str(p) for p in sample_files(dataset, sample).values())
-        return _SampleResult(problems=[("loader_error", f"{files}: {type(error).__name__}: {error}")])
+        return _SampleResult(
+            problems=[("loader_error", f"{files}: {type(error).__name__}: {error}")]
+        )
 
 
 def _check_sample(dataset: SegmentationDataset, sample: Any) -> _SampleResult:
@@ -246,7 +249,9 @@ def check_dataset(
     options = typed_options(name, options or {})
     dataset = build_dataset(name, root, split=split, **options)
     try:
-        samples = dataset.samples  # raises for a root that is not this dataset at all
+        # A sample whose file is absent is indexed and counted below, not raised for here.
+        with index_missing_files():
+            samples = dataset.samples  # raises for a root that is not this dataset at all
     except PixelwiseError:
         raise
     except Exception as error:  # noqa: BLE001 - a reader bug: one sentence and exit 2, never 1
@@ -300,7 +305,8 @@ def typed_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     params = {
         p.name: p
         for p in inspect.signature(init).parameters.values()
-        if p.name not in ("self", "root", "split", "transforms") and p.kind is not inspect.Parameter.VAR_KEYWORD
+        if p.name not in ("self", "root", "split", "transforms")
+        and p.kind is not inspect.Parameter.VAR_KEYWORD
     }
     unknown = sorted(set(options) - set(params))
     if unknown:

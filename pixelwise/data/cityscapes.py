@@ -32,6 +32,7 @@ from pixelwise.data.base import (
     cached_index,
     file_names,
     lookup_table,
+    missing_file,
     read_image,
     read_label_png,
     register_dataset,
@@ -201,9 +202,12 @@ class Cityscapes(SegmentationDataset):
                 elif label_ids in label_names:
                     label = labels / city / label_ids
                 else:
-                    raise PixelwiseError(
-                        f"Image {images / city / name} has no label: expected "
-                        f"{labels / city / label_ids}; restore it from {self.gt_folder}_*.zip."
+                    label = labels / city / label_ids
+                    missing_file(
+                        PixelwiseError(
+                            f"Image {images / city / name} has no label: expected {label}; "
+                            f"restore it from {self.gt_folder}_*.zip."
+                        )
                     )
                 samples.append((images / city / name, label))
         return samples

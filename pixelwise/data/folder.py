@@ -50,6 +50,7 @@ from pixelwise.data.base import (
     cached_index,
     error_text,
     file_names,
+    missing_file,
     open_image,
     parse_list_file,
     read_image,
@@ -258,12 +259,17 @@ class Folder(SegmentationDataset):
             )
         pairs = []
         for stem in sorted(images):
-            if stem not in masks:
-                raise PixelwiseError(
-                    f"Image {images[stem]} has no mask: expected {self.root / masks_dir / stem}.png "
-                    f"(or another of {', '.join(EXTENSIONS)}); add it or remove the image."
+            mask = masks.get(stem)
+            if mask is None:
+                # datasets check indexes the absent mask under its .png name and counts it.
+                mask = self.root / masks_dir / f"{stem}.png"
+                missing_file(
+                    PixelwiseError(
+                        f"Image {images[stem]} has no mask: expected {mask} (or another of "
+                        f"{', '.join(EXTENSIONS)}); add it or remove the image."
+                    )
                 )
-            pairs.append((images[stem], masks[stem]))
+            pairs.append((images[stem], mask))
         return pairs
 
     def _listed(self, pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
