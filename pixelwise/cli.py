@@ -180,7 +180,14 @@ def _load_for_inference(checkpoint: str, device_name: str):
     meta = payload["meta"]
     device = resolve_device(device_name, DistInfo())
     model = build_model(meta["model"], meta["num_classes"], **meta.get("model_options", {}))
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:  # weights that do not fit the model its meta names
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise PixelwiseError(
+            f"Checkpoint {checkpoint}: its weights do not fit the {meta['model']} its meta names "
+            f"({first[:160]}); use a checkpoint written by `pixelwise train`."
+        ) from None
     model.to(device).eval()
     return payload, meta, model, device
 

@@ -18,6 +18,8 @@ from pixelwise.engine.train import Trainer
 from pixelwise.errors import PixelwiseError
 from tests.test_engine import tiny_config
 
+META = {"model": "unet", "num_classes": 2}
+
 
 class _Evil:
     """Unpickling this touches a marker file: what a malicious checkpoint would do."""
@@ -83,7 +85,7 @@ def test_rng_round_trips_through_a_file(tmp_path):
     torch.manual_seed(5)
     np.random.standard_normal()  # leaves a cached gaussian in numpy's state
     path = tmp_path / "c.pt"
-    ckpt.save_checkpoint(path, {"model": {}, "meta": {}, "rng": ckpt.capture_rng()})
+    ckpt.save_checkpoint(path, {"model": {}, "meta": META, "rng": ckpt.capture_rng()})
     expected = (random.random(), np.random.standard_normal(), torch.rand(2))
     ckpt.restore_rng(ckpt.load_checkpoint(path)["rng"])
     again = (random.random(), np.random.standard_normal(), torch.rand(2))
@@ -99,7 +101,7 @@ def test_a_version_1_checkpoint_still_resumes(tmp_path):
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    torch.save({"version": 1, "model": {}, "meta": {}, "rng": rng}, path)
+    torch.save({"version": 1, "model": {}, "meta": META, "rng": rng}, path)
     expected = np.random.rand(3)
     payload = ckpt.load_checkpoint(path)
     ckpt.restore_rng(payload["rng"])
@@ -112,7 +114,7 @@ def test_save_is_fsynced_and_renamed(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
     path = tmp_path / "last.pt"
     path.write_bytes(b"old")
-    ckpt.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "meta": {}})
+    ckpt.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "meta": META})
     assert len(synced) >= 1  # the file (and the folder where the platform allows)
     assert not path.with_name("last.pt.tmp").exists()
     assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(2))
@@ -120,14 +122,14 @@ def test_save_is_fsynced_and_renamed(tmp_path, monkeypatch):
 
 def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    ckpt.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "meta": {}})
+    ckpt.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "meta": META})
 
     def crash(fd):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "meta": {}})
+        ckpt.save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "meta": META})
     monkeypatch.undo()
     assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(2))
 
@@ -138,3 +140,40 @@ def test_a_truncated_checkpoint_is_one_sentence(tmp_path, trained_run):
     with pytest.raises(PixelwiseError, match="could not be read") as info:
         ckpt.load_checkpoint(path)
     assert "\n" not in str(info.value)
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_refused(tmp_path, capsys, trained_run):
+    """pixelwise before version 2 saved last.pt after the loss went NaN; such a file is named."""
+    good = load_checkpoint_unchecked(trained_run / "last.pt")
+    name = next(k for k, v in good["model"].items() if v.is_floating_point())
+    good["model"][name] = torch.full_like(good["model"][name], float("nan"))
+    path = tmp_path / "nan.pt"
+    torch.save(good, path)
+    assert main(["eval", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"non-finite weights ({name})" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [[1, 2], {"model": {"w": 1}, "meta": META}, {"model": {}, "meta": {"model": "unet"}}],
+)
+def test_a_file_that_is_not_a_checkpoint_is_one_sentence(tmp_path, payload):
+    path = tmp_path / "x.pt"
+    torch.save(payload, path)
+    with pytest.raises(PixelwiseError, match="is not a pixelwise checkpoint"):
+        ckpt.load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_the_named_model_are_one_sentence(tmp_path, capsys, trained_run):
+    payload = load_checkpoint_unchecked(trained_run / "last.pt")
+    payload["model"].pop(next(iter(payload["model"])))
+    path = tmp_path / "cut.pt"
+    torch.save(payload, path)
+    assert main(["eval", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "weights do not fit the unet" in err and err.count("\n") == 1
+
+
+def load_checkpoint_unchecked(path: Path) -> dict:
+    return torch.load(path, weights_only=True)

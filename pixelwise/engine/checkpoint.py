@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from pixelwise.errors import PixelwiseError
 
@@ -133,12 +134,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise PixelwiseError(
             f"Checkpoint {path} could not be read ({reason}); it may be truncated."
         ) from None
-    if not isinstance(payload, dict) or "model" not in payload or "meta" not in payload:
+    if not _looks_like_a_checkpoint(payload):
         raise PixelwiseError(
-            f"{path} is not a pixelwise checkpoint (no model/meta entries); pass a file written by "
-            "`pixelwise train`."
+            f"{path} is not a pixelwise checkpoint (no model weights and meta with model name and "
+            "class count); pass a file written by `pixelwise train`."
+        )
+    bad = first_nonfinite(payload["model"])
+    if bad is not None:
+        # pixelwise before checkpoint version 2 saved last.pt after the loss went NaN.
+        raise PixelwiseError(
+            f"Checkpoint {path} holds non-finite weights ({bad}): it was saved after its run "
+            "diverged; use the run's best.pt or an earlier checkpoint."
         )
     return payload
+
+
+def _looks_like_a_checkpoint(payload: Any) -> bool:
+    if not isinstance(payload, dict):
+        return False
+    model, meta = payload.get("model"), payload.get("meta")
+    return (
+        isinstance(model, dict)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items())
+        and isinstance(meta, dict)
+        and isinstance(meta.get("model"), str)
+        and isinstance(meta.get("num_classes"), int)
+    )
 
 
 def _foreign_globals(path: Path) -> str:
@@ -150,6 +171,22 @@ def _foreign_globals(path: Path) -> str:
     allowed = {f"{g.__module__}.{g.__qualname__}" for g in _V1_NUMPY_GLOBALS}
     foreign = [n for n in names if n not in allowed]
     return ", ".join(foreign[:3]) or "unknown globals"
+
+
+def all_finite(tensors: list[Tensor]) -> bool:
+    """True when no floating-point tensor holds inf or NaN; one reduction per tensor, one sync."""
+    floats = [t.detach() for t in tensors if t is not None and t.is_floating_point()]
+    if not floats:
+        return True
+    # The max-abs norm propagates inf and NaN and, unlike a sum or L2 norm, never overflows.
+    return bool(torch.stack(torch._foreach_norm(floats, float("inf"))).isfinite().all())
+
+
+def first_nonfinite(state: dict[str, Tensor]) -> str | None:
+    """The name of the first parameter or buffer holding inf or NaN, or None when all are finite."""
+    if all_finite(list(state.values())):
+        return None
+    return next(k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all()))
 
 
 def check_compatible(meta: dict[str, Any], model_name: str, num_classes: int, source: str) -> None:

@@ -28,8 +28,10 @@ from pixelwise.data import build_dataset
 from pixelwise.data.base import SegmentationDataset
 from pixelwise.data.transforms import build_eval_transforms, build_train_transforms
 from pixelwise.engine.checkpoint import (
+    all_finite,
     capture_rng,
     check_compatible,
+    first_nonfinite,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -182,22 +184,6 @@ class _StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def all_finite(tensors: list[Tensor]) -> bool:
-    """True when no floating-point tensor holds inf or NaN; one reduction per tensor, one sync."""
-    floats = [t.detach() for t in tensors if t is not None and t.is_floating_point()]
-    if not floats:
-        return True
-    # The max-abs norm propagates inf and NaN and, unlike a sum or L2 norm, never overflows.
-    return bool(torch.stack(torch._foreach_norm(floats, float("inf"))).isfinite().all())
-
-
-def first_nonfinite(state: dict[str, Tensor]) -> str | None:
-    """The name of the first parameter or buffer holding inf or NaN, or None when all are finite."""
-    if all_finite(list(state.values())):
-        return None
-    return next(k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all()))
 
 
 def train_step(
