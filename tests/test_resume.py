@@ -170,3 +170,30 @@ def test_resume_with_a_wrong_model_is_refused_before_anything_is_written(stopped
     cfg["model"] = {"name": "enet"}
     with pytest.raises(PixelwiseError, match="model.name 'unet' -> 'enet'"):
         Trainer(config_from_dict(cfg), resume=stopped_run / "last.pt", progress=False)
+
+
+def test_a_process_holding_a_loader_with_workers_exits(tmp_path):
+    """Workers ignore SIGTERM, so they must be stopped before multiprocessing's exit handler, which
+    stops them by SIGTERM and then waits; an iterator kept alive (by a traceback) used to hang."""
+    script = (
+        "import torch\n"
+        "from pixelwise.engine.loader import EpochBatchSampler, make_loader\n"
+        "data = [(torch.zeros(3, 2, 2, dtype=torch.uint8), torch.zeros(2, 2)) for _ in range(8)]\n"
+        "kept = iter(make_loader(data, None, EpochBatchSampler(8, 2), num_workers=2))\n"
+        "next(kept)\n"
+        "def fail(index):\n"
+        "    raise ValueError(index)\n"
+        "class Bad(torch.utils.data.Dataset):\n"
+        "    __len__ = lambda self: 8\n"
+        "    __getitem__ = lambda self, i: fail(i)\n"
+        "try:\n"
+        "    next(iter(make_loader(Bad(), None, EpochBatchSampler(8, 2), num_workers=1)))\n"
+        "except ValueError as error:\n"
+        "    kept_error = error  # its traceback holds the iterator, as pytest's report does\n"
+        "print('done')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]

@@ -8,7 +8,9 @@ at any step, or used any number of loader workers.
 
 from __future__ import annotations
 
+import atexit
 import signal
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -114,10 +116,47 @@ def ignore_stop_signals(worker_id: int) -> None:
 
     A scheduler signals the whole process group; a worker that died of it would take the run down
     ("DataLoader worker killed") before the main process finished its step and saved ``last.pt``.
-    The main process stops its workers itself when it stops iterating.
+    The main process stops its workers itself: when it stops iterating, and at exit
+    (:func:`_shutdown_live_workers`), since multiprocessing's own exit handler stops them by SIGTERM.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+# Iterators and worker processes of this process's loaders. Multiprocessing's exit handler stops
+# leftover workers by SIGTERM, which ours ignore, and then waits for them forever; an iterator kept
+# alive by a traceback (an error raised in a worker, `--debug`) would leave such workers behind.
+_live_iterators: weakref.WeakSet = weakref.WeakSet()
+_worker_processes: weakref.WeakSet = weakref.WeakSet()
+_exit_handler_registered = False
+
+
+def _shutdown_live_workers() -> None:
+    """At exit: stop live iterators' workers the DataLoader way, then kill any worker left over."""
+    for iterator in list(_live_iterators):
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+    for process in list(_worker_processes):
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose worker iterators are tracked for :func:`_shutdown_live_workers`."""
+
+    def _get_iterator(self):
+        global _exit_handler_registered
+        iterator = super()._get_iterator()
+        if self.num_workers > 0:
+            if not _exit_handler_registered:
+                # Registered after multiprocessing's handler, so (last in, first out) it runs first.
+                atexit.register(_shutdown_live_workers)
+                _exit_handler_registered = True
+            _live_iterators.add(iterator)
+            _worker_processes.update(getattr(iterator, "_workers", []))
+        return iterator
 
 
 def make_loader(
@@ -134,7 +173,7 @@ def make_loader(
     run had none) would shift dropout and every later draw. Every sample is seeded by the sampler,
     so the generator's value itself does not matter; a fixed seed keeps workers reproducible.
     """
-    return DataLoader(
+    return _Loader(
         SeededTransforms(dataset, transforms),
         batch_sampler=sampler,
         collate_fn=collate,
