@@ -84,25 +84,6 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
         raise PixelwiseError(f"Device {name!r} is not one torch knows; use auto, cpu, cuda or cuda:N.") from None
 
 
-def resolve_weights(name: str | None):
-    """A torchvision enum name ("VGG16_Weights.IMAGENET1K_V1") or a path; None stays None."""
-    if name is None:
-        return None
-    if Path(name).expanduser().is_file():
-        return str(Path(name).expanduser())
-    if "_Weights." in name:
-        from torchvision.models import get_weight
-
-        try:
-            return get_weight(name)
-        except (ValueError, KeyError, AttributeError):
-            pass
-    raise PixelwiseError(
-        f"model.weights_backbone {name!r} is neither a file nor a torchvision weights name such as "
-        "'VGG16_Weights.IMAGENET1K_V1'; fix the path or the name, or set it to null."
-    )
-
-
 def build_datasets(cfg: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
     d = cfg.data
     train = build_dataset(d.dataset, d.root, split=d.train_split, **d.options)
@@ -268,7 +249,8 @@ class Trainer:
             config.model.name,
             self.num_classes,
             **config.model.options,
-            **({"weights_backbone": resolve_weights(config.model.weights_backbone)}
+            # A weights name or path is resolved (and downloaded) by models.backbones.
+            **({"weights_backbone": config.model.weights_backbone}
                if config.model.weights_backbone else {}),
         ).to(self.device)  # fmt: skip
         if config.train.sync_bn and self.dist.world_size > 1:
