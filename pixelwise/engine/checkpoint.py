@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"Checkpoint {path} does not exist; pass the best.pt or last.pt of a run."
         )
     try:
-        with torch.serialization.safe_globals(_V1_NUMPY_GLOBALS):
+        # torch warns about a foreign pickle protocol before refusing it; the refusal below is
+        # the one sentence the user gets.
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_V1_NUMPY_GLOBALS):
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         names = _foreign_globals(path)
