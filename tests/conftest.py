@@ -23,3 +23,13 @@ def _threads():
 @pytest.fixture
 def shared_dir() -> Path:
     return SHARED
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared two-core machine two threads per process can be 40 times
+    slower. Tests that train several short runs use it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,13 +12,7 @@ from pixelwise.engine.train import Trainer, all_finite, first_nonfinite
 from pixelwise.errors import PixelwiseError
 from tests.test_engine import tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _NanLoss(torch.nn.Module):

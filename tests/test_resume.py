@@ -22,14 +22,7 @@ from pixelwise.engine.train import Trainer
 from pixelwise.errors import PixelwiseError
 from tests.test_engine import tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared two-core machine two threads per process can be 40 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dropout_config(root: Path, **train) -> dict:
