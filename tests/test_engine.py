@@ -169,3 +169,22 @@ def test_mixed_sizes_in_a_batch_name_the_fix():
         collate(batch)
     images, masks = collate(batch[:1] * 2)
     assert images.shape == (2, 3, 4, 5) and masks.shape == (2, 4, 5)
+
+
+@pytest.mark.parametrize("fast_bf16", [False, True])
+def test_amp_on_a_cpu_runs_only_where_bf16_is_fast_and_run_json_says_which(
+    tmp_path, monkeypatch, capsys, fast_bf16
+):
+    # On an AVX2-only CPU bf16 autocast is ~10x slower than fp32: asked for, it is left off, said
+    # once, and recorded; where bf16 is native it runs as asked.
+    import json
+
+    from pixelwise.engine import evaluate as evaluate_module
+    from pixelwise.engine.train import Trainer
+
+    monkeypatch.setattr(evaluate_module, "cpu_has_fast_bf16", lambda: fast_bf16)
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path, amp=True, iters=1)), progress=False)
+    assert trainer.amp is fast_bf16
+    assert ("no fast bfloat16" in capsys.readouterr().out) is not fast_bf16
+    trainer.fit()
+    assert json.loads((trainer.run_dir / "run.json").read_text())["run"]["amp"] is fast_bf16

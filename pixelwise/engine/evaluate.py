@@ -47,3 +47,22 @@ def evaluate(
 
 def _amp_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX-512 or AMX).
+
+    Without it (an AVX2-only CPU) bf16 autocast falls back to reference kernels: a U-Net training
+    step measured 10x slower than fp32 on such a machine, so autocast there is only a cost.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def amp_in_effect(requested: bool, device: torch.device) -> bool:
+    """``train.amp`` as it runs: on CUDA as asked; on the CPU only where bf16 is fast."""
+    if not requested:
+        return False
+    return device.type != "cpu" or cpu_has_fast_bf16()

@@ -36,7 +36,7 @@ from pixelwise.engine.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from pixelwise.engine.evaluate import _amp_dtype, evaluate
+from pixelwise.engine.evaluate import _amp_dtype, amp_in_effect, evaluate
 from pixelwise.engine.loader import EpochBatchSampler, make_loader
 from pixelwise.engine.provenance import run_record
 from pixelwise.engine.schedule import build_optimizer, build_scheduler
@@ -280,8 +280,16 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, config.schedule, self.total_iters, self.iters_per_epoch
         )
+        # Autocast where it pays: on an AVX2-only CPU bf16 is slower than fp32, so the run says so
+        # once and trains in fp32, and run.json records what ran ("amp": false).
+        self.amp = amp_in_effect(t.amp, self.device)
+        if t.amp and not self.amp and self.dist.is_main:
+            print(
+                "train.amp: this CPU has no fast bfloat16 (no AVX-512/AMX), where autocast is "
+                "slower than fp32; training in fp32."
+            )
         self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=t.amp and self.device.type == "cuda"
+            self.device.type, enabled=self.amp and self.device.type == "cuda"
         )
         self.step = 0
         self.saved_step: int | None = None  # the step of the last checkpoint written (all finite)
@@ -306,6 +314,7 @@ class Trainer:
             device=self.device, world_size=self.dist.world_size, batch_per_process=d.batch_size,
             seed=t.seed, step=self.step,
         )  # fmt: skip
+        self.run_info["amp"] = self.amp
         self.writer = None
         self.interrupted = False
 
@@ -450,7 +459,7 @@ class Trainer:
                     skip = self.cfg.train.skip_nonfinite
                     loss, stepped = train_step(
                         self.net, self.criterion, self.optimizer, self.scaler, images, targets,
-                        amp=self.cfg.train.amp, aux=aux, skip_nonfinite=skip,
+                        amp=self.amp, aux=aux, skip_nonfinite=skip,
                     )  # fmt: skip
                     if not stepped and not skip:
                         raise PixelwiseError(
@@ -511,7 +520,7 @@ class Trainer:
     def _validate(self) -> Scores:
         matrix = evaluate(
             self.net, self._val_loader(), self.num_classes, self.device,
-            amp=self.cfg.train.amp, channels_last=self.cfg.train.channels_last,
+            amp=self.amp, channels_last=self.cfg.train.channels_last,
         )  # fmt: skip
         scores = matrix.compute()
         if not self.dist.is_main:
