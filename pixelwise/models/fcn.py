@@ -70,6 +70,15 @@ def caffe_conv_names() -> list[str]:
     ]
 
 
+def _vgg16_convs() -> dict[str, tuple[int, ...]]:
+    """``{"features.N": weight shape}`` of the shared VGG16's 13 convs, in order (read on meta)."""
+    with torch.device("meta"):
+        state = VGGBackbone(batch_norm=False).state_dict()
+    return {
+        k.removesuffix(".weight"): tuple(v.shape) for k, v in state.items() if k.endswith(".weight")
+    }
+
+
 class VGG16FCNBackbone(nn.Module):
     """VGG16 made fully convolutional: the shared :class:`VGGBackbone` plus ``fc6``/``fc7``.
 
@@ -123,13 +132,8 @@ def vgg16_to_fcn_state_dict(
     """
     # (torchvision key prefix, our key prefix, torchvision weight shape, our weight shape)
     plan: list[tuple[str, str, tuple[int, ...], tuple[int, ...]]] = []
-    with torch.device("meta"):
-        reference = VGGBackbone(batch_norm=False).state_dict()
-    for key, tensor in reference.items():
-        if key.endswith(".weight"):
-            prefix = key.removesuffix(".weight")
-            shape = tuple(tensor.shape)
-            plan.append((prefix, f"vgg.{prefix}", shape, shape))
+    for prefix, shape in _vgg16_convs().items():
+        plan.append((prefix, f"vgg.{prefix}", shape, shape))
     plan.append(("classifier.0", "fc6", (_FC_CHANNELS, 512 * 7 * 7), (_FC_CHANNELS, 512, 7, 7)))
     plan.append(
         ("classifier.3", "fc7", (_FC_CHANNELS, _FC_CHANNELS), (_FC_CHANNELS, _FC_CHANNELS, 1, 1))
@@ -176,12 +180,9 @@ def legacy_fcn_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     ``backbone.conv1_1.*`` -> ``backbone.vgg.features.0.*`` and so on; ``backbone.fc6/fc7`` keep
     their names. Other keys pass unchanged. Pure.
     """
-    with torch.device("meta"):
-        reference = VGGBackbone(batch_norm=False).state_dict()
-    indices = [k.removesuffix(".weight") for k in reference if k.endswith(".weight")]
     renames = {
-        f"backbone.{name}.": f"backbone.vgg.{index}."
-        for name, index in zip(caffe_conv_names(), indices, strict=True)
+        f"backbone.{name}.": f"backbone.vgg.{prefix}."
+        for name, prefix in zip(caffe_conv_names(), _vgg16_convs(), strict=True)
     }
     out: dict[str, Tensor] = {}
     for key, value in state.items():
