@@ -191,9 +191,10 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     value = float(loss.detach())
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-    # Under DDP the gradients are already all-reduced, so every rank takes the same decision.
-    finite = math.isfinite(value) and (scaler.is_enabled() or not skip_nonfinite or all_finite(grads))
+    finite = math.isfinite(value)
+    if finite and skip_nonfinite and not scaler.is_enabled():
+        # Under DDP the gradients are already all-reduced, so every rank takes the same decision.
+        finite = all_finite([p.grad for g in optimizer.param_groups for p in g["params"]])
     if not finite:
         optimizer.zero_grad(set_to_none=True)
         return value, False
