@@ -7,8 +7,6 @@ one is an error that lists the valid keys of its section, so a typo never silent
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from pixelwise.errors import PixelwiseError
+from pixelwise.values import TypeMismatch, coerce, describe
 
 
 @dataclass
@@ -170,14 +169,6 @@ def _build(cls: type, data: Any, source: str, prefix: str):
     return cls(**values)
 
 
-class _Mismatch(Exception):
-    """A value does not fit a type hint (turned into one sentence by :func:`_check_type`)."""
-
-
-# YAML 1.1 reads 1e-3 and 1E-3 (no dot) as strings; these spellings are numbers all the same.
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-
-
 def _check_type(
     value: Any,
     hint: Any,
@@ -192,98 +183,13 @@ def _check_type(
         PixelwiseError: one sentence naming the key, the value, the expected type and an example.
     """
     try:
-        return _coerce(value, hint, length)
-    except _Mismatch:
+        return coerce(value, hint, length)
+    except TypeMismatch:
         example = _example(hint, length, spec)
         raise PixelwiseError(
-            f"{source}: {key} is {_show(value)} but must be {_describe(hint, length)}; "
+            f"{source}: {key} is {_show(value)} but must be {describe(hint, length)}; "
             f"write it like {key}={example}."
         ) from None
-
-
-def _coerce(value: Any, hint: Any, length: int | None) -> Any:
-    """``value`` checked against (and converted to) ``hint``; raises :class:`_Mismatch`."""
-    origin, args = get_origin(hint), get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, length)
-            except _Mismatch:
-                pass
-        raise _Mismatch
-    if origin is Literal:
-        if value in args and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if hint is float:
-        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-            value = float(value)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise _Mismatch
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise _Mismatch
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise _Mismatch
-            return tuple(_coerce(v, a, None) for v, a in zip(value, args, strict=True))
-        if length is not None and len(value) != length:
-            raise _Mismatch
-        item = args[0] if args else Any
-        items = [_coerce(v, item, None) for v in value]
-        return tuple(items) if origin is tuple else items
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        key_hint, value_hint = args if args else (Any, Any)
-        return {_coerce(k, key_hint, None): _coerce(v, value_hint, None) for k, v in value.items()}
-    raise TypeError(f"config field type {hint!r} has no check")  # a schema bug, not user input
-
-
-def _describe(hint: Any, length: int | None) -> str:
-    """``hint`` in words, as the sentence of a refused value says it."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, types.UnionType):
-        words = [_describe(a, length) for a in args if a is not type(None)]
-        if type(None) in args:
-            words.insert(0, "null")
-        return " or ".join(words)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, args))
-    if origin in (list, tuple):
-        count = f"{length} " if length is not None else ""
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            count = f"{len(args)} "
-        item = args[0] if args else Any
-        return f"a list of {count}{_plural(item)}"
-    if origin is dict or hint is dict:
-        return "a mapping of names to values"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, "any value"
-    )
-
-
-def _plural(hint: Any) -> str:
-    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(hint, "values")
 
 
 def _example(hint: Any, length: int | None, spec: dataclasses.Field | None) -> str:

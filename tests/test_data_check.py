@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pixelwise.cli import main
+from pixelwise.data import build_dataset
 from pixelwise.data.check import check_dataset, format_report
 from pixelwise.errors import PixelwiseError
 
@@ -149,3 +151,13 @@ def test_an_unknown_option_lists_only_real_options(tmp_path):
     assert "val_fraction" in str(caught.value) and "transforms" not in str(caught.value)
     with pytest.raises(PixelwiseError, match=r"does not take bogus; its options are: none\.$"):
         build_dataset("ade20k", tmp_path, split="train", bogus=1)
+
+
+def test_dataset_options_are_typed_wherever_a_dataset_is_built(tmp_path, capsys):
+    # The check lives in build_dataset, so a config's data.options are typed as the check's are.
+    with pytest.raises(PixelwiseError, match=r"num_samples='many' of dataset 'shapes' must be null or an integer"):
+        build_dataset("shapes", split="train", num_samples="many")
+    code = main(["train", "pixelwise/configs/demo.yaml", "data.options={num_samples: many}",
+                 f"train.out_dir={tmp_path}"])  # fmt: skip
+    assert code == 2 and "must be null or an integer" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -246,8 +246,7 @@ def check_dataset(
             or the name, split or options are invalid.
     """
     start = time.perf_counter()
-    options = typed_options(name, options or {})
-    dataset = build_dataset(name, root, split=split, **options)
+    dataset = build_dataset(name, root, split=split, **(options or {}))
     try:
         # A sample whose file is absent is indexed and counted below, not raised for here.
         with index_missing_files():
@@ -281,56 +280,6 @@ def check_dataset(
     report.class_pixels = histogram.tolist()
     report.seconds = time.perf_counter() - start
     return report
-
-
-def typed_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` checked against the annotations of ``name``'s dataset class.
-
-    Values typed on the command line arrive parsed as YAML (``sbd_root=/data/sbd`` is a string,
-    ``coarse=true`` a bool); each is converted like a config value (an int where a float is
-    wanted) or refused in one sentence. Annotations the config checker has no rule for (``Path``,
-    ``Sequence``) take the value as it is.
-
-    Raises:
-        PixelwiseError: an option the class does not take (listing those it does), or a value of
-            the wrong type.
-    """
-    import inspect
-    from typing import get_type_hints
-
-    from pixelwise.config import _coerce, _describe, _Mismatch
-    from pixelwise.data import dataset_class
-
-    init = dataset_class(name).__init__
-    params = {
-        p.name: p
-        for p in inspect.signature(init).parameters.values()
-        if p.name not in ("self", "root", "split", "transforms")
-        and p.kind is not inspect.Parameter.VAR_KEYWORD
-    }
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        raise PixelwiseError(
-            f"Dataset {name!r} does not take {', '.join(unknown)}; its options are: "
-            f"{', '.join(params) or 'none'}."
-        )
-    try:
-        hints = get_type_hints(init)
-    except Exception:  # noqa: BLE001 - an annotation that does not resolve is not checked
-        hints = {}
-    typed = {}
-    for key, value in options.items():
-        hint = hints.get(key, Any)
-        try:
-            typed[key] = _coerce(value, hint, None)
-        except _Mismatch:
-            raise PixelwiseError(
-                f"Option {key}={value!r} of dataset {name!r} must be {_describe(hint, None)}; "
-                f"its default is {params[key].default!r}."
-            ) from None
-        except TypeError:
-            typed[key] = value
-    return typed
 
 
 def _map(
