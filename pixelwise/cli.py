@@ -172,24 +172,10 @@ def _run_training(config, resume: str | None) -> int:
 
 
 def _load_for_inference(checkpoint: str, device_name: str):
-    from pixelwise.engine.checkpoint import load_checkpoint
-    from pixelwise.engine.train import DistInfo, resolve_device
-    from pixelwise.models import build_model
+    from pixelwise.engine.model_io import load_model
 
-    payload = load_checkpoint(checkpoint)
-    meta = payload["meta"]
-    device = resolve_device(device_name, DistInfo())
-    model = build_model(meta["model"], meta["num_classes"], **meta.get("model_options", {}))
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:  # weights that do not fit the model its meta names
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise PixelwiseError(
-            f"Checkpoint {checkpoint}: its weights do not fit the {meta['model']} its meta names "
-            f"({first[:160]}); use a checkpoint written by `pixelwise train`."
-        ) from None
-    model.to(device).eval()
-    return payload, meta, model, device
+    loaded = load_model(checkpoint, device_name)
+    return loaded, loaded.meta, loaded.model, loaded.device
 
 
 def _output_folder(path: Path, flag: str) -> Path:
@@ -217,7 +203,6 @@ def _output_file(path: Path, flag: str, example: str) -> Path:
 
 
 def cmd_eval(args) -> int:
-    from pixelwise.config import config_from_dict
     from pixelwise.data import build_dataset
     from pixelwise.data.transforms import build_eval_transforms
     from pixelwise.engine.evaluate import evaluate
@@ -233,8 +218,8 @@ def cmd_eval(args) -> int:
     ):
         if name:
             _output_file(Path(name), flag, example)
-    payload, meta, model, device = _load_for_inference(args.checkpoint, args.device)
-    cfg = config_from_dict(payload["config"], args.checkpoint)
+    loaded, meta, model, device = _load_for_inference(args.checkpoint, args.device)
+    cfg = loaded.config
     d = cfg.data
     split = args.split or d.val_split
     options = d.options if split == d.train_split else {**d.options, **d.val_options}
@@ -283,7 +268,7 @@ def cmd_predict(args) -> int:
             f"{existing[0]}{more} already exist in --out {out}; pass --overwrite to replace them "
             "or choose another --out folder."
         )
-    payload, meta, model, device = _load_for_inference(args.checkpoint, args.device)
+    _, meta, model, device = _load_for_inference(args.checkpoint, args.device)
     for path, (label_path, overlay_path) in zip(images, targets, strict=True):
         image = read_image(path)
         x = normalise_image(image, meta["mean"], meta["std"])[None].to(device)

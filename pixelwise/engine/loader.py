@@ -12,6 +12,7 @@ import atexit
 import signal
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -87,7 +88,7 @@ class SeededTransforms(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[Any, Any]:
         index, seed = item
         image, mask = self.dataset[index]
         if self.transforms is None:
@@ -165,6 +166,7 @@ def make_loader(
     sampler: EpochBatchSampler,
     num_workers: int,
     pin_memory: bool = False,
+    collate_fn: Callable[[list[Any]], Any] = collate,
 ) -> DataLoader:
     """A DataLoader over ``(index, seed)`` batches that never touches the global RNG.
 
@@ -176,7 +178,7 @@ def make_loader(
     return _Loader(
         SeededTransforms(dataset, transforms),
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -36,9 +32,11 @@ from pixelwise.engine.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from pixelwise.engine.distributed import init_distributed, resolve_device, unwrap
 from pixelwise.engine.evaluate import _amp_dtype, amp_in_effect, evaluate
 from pixelwise.engine.loader import EpochBatchSampler, make_loader
 from pixelwise.engine.provenance import run_record
+from pixelwise.engine.rundir import StopRequest, new_run_dir, write_run_json
 from pixelwise.engine.schedule import build_optimizer, build_scheduler
 from pixelwise.engine.sync_bn import convert_sync_batchnorm
 from pixelwise.errors import PixelwiseError
@@ -46,42 +44,6 @@ from pixelwise.losses import build_loss, match_target
 from pixelwise.metrics import Scores, format_scores
 from pixelwise.models import build_model
 from pixelwise.viz import denormalise, prediction_grid, save_png
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> DistInfo:
-    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1); else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        backend = "nccl" if device_name != "cpu" and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PixelwiseError(f"train.device is {name!r} but no CUDA device is visible; use cpu or auto.")
-        if info.world_size > 1:
-            return torch.device("cuda", info.local_rank)
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise PixelwiseError(f"Device {name!r} is not one torch knows; use auto, cpu, cuda or cuda:N.") from None
 
 
 def build_datasets(cfg: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -117,54 +79,6 @@ def class_weights_for(cfg: Config, dataset: SegmentationDataset) -> Tensor | Non
     if spec == "median_frequency":
         return median_frequency_weights_from_counts(counts, image_pixels).float()
     return enet_class_weights(counts).float()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def new_run_dir(out_dir: str, name: str) -> Path:
-    """``out_dir/name``, or ``name-2``, ``name-3`` ... so an earlier run is never overwritten."""
-    base = Path(out_dir) / name
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{name}-{n}")
-    try:
-        candidate.mkdir(parents=True)
-    except OSError as error:
-        raise PixelwiseError(
-            f"train.out_dir {out_dir}: the run folder {candidate} cannot be created "
-            f"({(error.strerror or str(error)).lower()}); set train.out_dir to a folder you may write to."
-        ) from None
-    return candidate
-
-
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag checked after each step, so the step finishes and the run
-    saves a resumable checkpoint instead of dying mid-write."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train_step(
@@ -390,17 +304,7 @@ class Trainer:
             group["lr"] = base * factor(scheduler.last_epoch)
 
     def _write_run_json(self) -> None:
-        """``run.json``: this start's record and the resolved config; earlier starts are kept."""
-        path = self.run_dir / "run.json"
-        earlier: list[dict[str, Any]] = []
-        if path.is_file():
-            try:
-                previous = json.loads(path.read_text())
-                earlier = [*previous.get("earlier", []), previous.get("run", {})]
-            except (ValueError, AttributeError):  # a damaged record is replaced, not fatal
-                earlier = []
-        record = {"run": self.run_info, "config": self.cfg.to_dict(), "earlier": earlier}
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        write_run_json(self.run_dir, self.run_info, self.cfg.to_dict())
 
     # -- the loop ----------------------------------------------------------------------------
     def _train_loader(self, epoch: int, start: int):
@@ -449,7 +353,7 @@ class Trainer:
         aux = bool(self.cfg.loss.aux_weights)
         seen, tick = 0, time.perf_counter()
         self.eval_seconds = 0.0
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             while self.step < stop_at and not stop.requested:
                 epoch, start = divmod(self.step, self.iters_per_epoch)
                 for images, targets in self._train_loader(epoch, start):

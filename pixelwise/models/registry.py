@@ -24,6 +24,9 @@ class ModelInfo:
         input_size: (H, W) at which the paper reports its FLOPs / runs its experiments.
         num_classes: the class count of the paper's setting (used for the reference counts).
         in_channels: the input channels of the paper's setting (3 except the original U-Net).
+        task: what the network does and so how the engine trains and scores it: ``"semantic"``
+            (logits per pixel), ``"instance"`` (torchvision detection targets and outputs), or a
+            semi-supervised task's name; see :mod:`pixelwise.engine.task`.
     """
 
     name: str
@@ -33,6 +36,7 @@ class ModelInfo:
     input_size: tuple[int, int]
     num_classes: int
     in_channels: int = 3
+    task: str = "semantic"
 
 
 MODELS: Registry[ModelInfo] = Registry("model")
@@ -46,13 +50,16 @@ def register_model(
     input_size: tuple[int, int],
     num_classes: int,
     in_channels: int = 3,
+    task: str = "semantic",
 ):
     """Register a builder under ``name`` with the paper's metadata; returns the builder unchanged."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         MODELS.add(
             name,
-            ModelInfo(name, builder, paper, year, tuple(input_size), num_classes, in_channels),
+            ModelInfo(
+                name, builder, paper, year, tuple(input_size), num_classes, in_channels, task
+            ),
         )
         return builder
 

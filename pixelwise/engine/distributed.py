@@ -1,0 +1,57 @@
+"""Distributed set-up: join the ``torchrun`` process group, pick the device, unwrap DDP/compile.
+
+Under ``torchrun`` (WORLD_SIZE > 1) each process joins the group (nccl on GPUs, gloo on the CPU)
+and uses the GPU of its LOCAL_RANK; otherwise everything runs in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pixelwise.errors import PixelwiseError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1); else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device_name != "cpu" and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PixelwiseError(f"train.device is {name!r} but no CUDA device is visible; use cpu or auto.")
+        if info.world_size > 1:
+            return torch.device("cuda", info.local_rank)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise PixelwiseError(f"Device {name!r} is not one torch knows; use auto, cpu, cuda or cuda:N.") from None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
