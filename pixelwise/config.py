@@ -44,6 +44,10 @@ class DataConfig:
     batch_size: int = 8
     val_batch_size: int = 8
     num_workers: int = 2
+    # Semi-supervised runs keep the pixel labels of a seeded part of the training split only
+    # (pixelwise/data/subset.py); at most one of the two may be set.
+    labeled_fraction: float | None = field(default=None, metadata={"example": 0.125})
+    labeled_list: str | None = field(default=None, metadata={"example": "labeled.txt"})
 
 
 @dataclass
@@ -251,6 +255,17 @@ def validate(config: Config, source: str) -> None:
         raise PixelwiseError(
             f"{source}: data.scale_range is {_show(config.data.scale_range)}; "
             "write [low, high] with 0 < low <= high, e.g. [0.5, 2.0]."
+        )
+    fraction = config.data.labeled_fraction
+    if fraction is not None and not 0 < fraction <= 1:
+        raise PixelwiseError(
+            f"{source}: data.labeled_fraction is {_show(fraction)}; it must lie in (0, 1], "
+            "e.g. 0.125 to keep the pixel labels of an eighth of the training split."
+        )
+    if fraction is not None and config.data.labeled_list is not None:
+        raise PixelwiseError(
+            f"{source}: data.labeled_fraction and data.labeled_list are both set; keep one "
+            "(a fraction draws the labelled images, a list names them)."
         )
     train = config.train
     if (train.epochs is None) == (train.iters is None):
