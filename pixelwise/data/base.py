@@ -91,6 +91,8 @@ class SegmentationDataset(Dataset):
     palette: ClassVar[tuple[tuple[int, int, int], ...]] = ()
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     ignore_index: ClassVar[int] = IGNORE_INDEX
+    #: What a sample is for: "semantic" (image, mask) or "instance" (image, target dict).
+    task: ClassVar[str] = "semantic"
     #: Folder names that must exist under ``root``; ``datasets check`` exits 2 when one is absent.
     expected_folders: ClassVar[tuple[str, ...]] = ()
 

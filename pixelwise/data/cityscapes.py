@@ -13,12 +13,25 @@ other id (and the license plate, id -1) becomes 255. When the official
 ``createTrainIdLabelImgs`` script has written ``*_labelTrainIds.png`` next to a label, that file
 is read instead (it already holds train ids). Predictions are turned back into label ids with
 :func:`to_label_ids` for the official evaluation and the test server (ignore becomes 0).
+
+``cityscapes_instances`` reads ``gtFine/<split>/<city>/<frame>_gtFine_instanceIds.png`` (16-bit):
+a pixel of an individual object holds ``label id * 1000 + instance number``, any other pixel its
+label id. The 8 classes with instances (person, rider, car, truck, bus, train, motorcycle,
+bicycle: label ids 24..33 without 29 caravan and 30 trailer) become labels 1..8. Decisions:
+
+* A label id of those 8 below 1000 is a group the annotators did not split into objects (e.g.
+  "person group"); each class's group pixels become one target with ``iscrowd=1``, as COCO's
+  crowd regions, so COCOeval ignores detections on them and training leaves them out.
+* Caravan and trailer (29, 30) have instances but are not evaluated by Cityscapes; they are no
+  targets, and ignore (255) in the painted class map. Every other label id is background.
+* An instance id whose class (id // 1000) is not one of 24..33, or a value 34..999, is no
+  Cityscapes value and raises, naming the file and the value.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +51,7 @@ from pixelwise.data.base import (
     register_dataset,
     to_mask,
 )
+from pixelwise.data.instances import InstanceDataset, Objects
 from pixelwise.errors import PixelwiseError
 
 
@@ -142,6 +156,7 @@ class Cityscapes(SegmentationDataset):
     palette = CITYSCAPES_PALETTE
     splits = ("train", "val", "test", "train_extra")
     train_id_to_label_id = TRAIN_ID_TO_LABEL_ID
+    _index_key: ClassVar[str] = "cityscapes"  # the index cache's key, one per reader
 
     def __init__(
         self,
@@ -182,7 +197,7 @@ class Cityscapes(SegmentationDataset):
             p for d in (images, labels) for p in d.iterdir() if p.is_dir()
         )
         return cached_index(
-            ("cityscapes", self.root.resolve(), self.mode, self.split), watch, self._scan
+            (self._index_key, self.root.resolve(), self.mode, self.split), watch, self._scan
         )
 
     def _scan(self) -> list[tuple[Path, Path]]:
@@ -195,14 +210,8 @@ class Cityscapes(SegmentationDataset):
                 n for n in file_names(images / city) if n.endswith("_leftImg8bit.png")
             ):
                 base = name[: -len("_leftImg8bit.png")]
-                train_ids = f"{base}_{self.gt_folder}_labelTrainIds.png"
-                label_ids = f"{base}_{self.gt_folder}_labelIds.png"
-                if train_ids in label_names:
-                    label = labels / city / train_ids
-                elif label_ids in label_names:
-                    label = labels / city / label_ids
-                else:
-                    label = labels / city / label_ids
+                label = self._label_file(labels / city, base, label_names)
+                if label.name not in label_names:
                     missing_file(
                         PixelwiseError(
                             f"Image {images / city / name} has no label: expected {label}; "
@@ -211,6 +220,13 @@ class Cityscapes(SegmentationDataset):
                     )
                 samples.append((images / city / name, label))
         return samples
+
+    def _label_file(self, folder: Path, base: str, names: set[str]) -> Path:
+        """The label of frame ``base`` in ``folder`` (whose files are ``names``), present or not."""
+        train_ids = f"{base}_{self.gt_folder}_labelTrainIds.png"
+        if train_ids in names:
+            return folder / train_ids
+        return folder / f"{base}_{self.gt_folder}_labelIds.png"
 
     def load_image(self, sample: tuple[Path, Path]) -> Tensor:
         return read_image(sample[0])
@@ -221,3 +237,67 @@ class Cityscapes(SegmentationDataset):
         if label.name.endswith("_labelTrainIds.png"):
             return to_mask(raw)  # already train ids; check_mask_values catches anything else
         return to_mask(apply_lut(raw, _LABEL_LUT, label, "label ids"))
+
+
+#: Label ids of the classes with instances that Cityscapes evaluates, in label order 1..8.
+INSTANCE_LABEL_IDS = (24, 25, 26, 27, 28, 31, 32, 33)
+#: Classes with instances that the official instance evaluation leaves out (caravan, trailer).
+_UNEVALUATED_INSTANCE_IDS = (29, 30)
+_BY_ID = {lab.id: lab for lab in CITYSCAPES_LABELS}
+
+
+@register_dataset("cityscapes_instances")
+class CityscapesInstances(InstanceDataset, Cityscapes):
+    """Cityscapes fine annotations as instances: 8 classes + background (see the module docstring)."""
+
+    classes = ("background", *(_BY_ID[i].name for i in INSTANCE_LABEL_IDS))
+    palette = ((0, 0, 0), *(_BY_ID[i].color for i in INSTANCE_LABEL_IDS))
+    category_ids = (0, *INSTANCE_LABEL_IDS)
+    splits = ("train", "val", "test")
+    _index_key = "cityscapes_instances"
+
+    def __init__(
+        self, root: str | Path, split: str = "train", transforms: Transform | None = None
+    ) -> None:
+        super().__init__(root, split, transforms, mode="fine")
+
+    def _label_file(self, folder: Path, base: str, names: set[str]) -> Path:
+        return folder / f"{base}_gtFine_instanceIds.png"
+
+    def load_objects(self, sample: tuple[Path, Path]) -> Objects:
+        path = sample[1]
+        raw = read_label_png(path)
+        if raw.dtype.kind not in "iu":
+            raise PixelwiseError(
+                f"Label {path} holds {raw.dtype} values, not instance ids; re-extract it from "
+                "gtFine_trainvaltest.zip."
+            )
+        values, inverse = np.unique(raw.astype(np.int64), return_inverse=True)
+        inverse = inverse.reshape(raw.shape)
+        label_ids = np.where(values >= 1000, values // 1000, values)
+        bad = (values < 0) | (label_ids > 33)
+        if bool(bad.any()):
+            shown = values[bad][:5].tolist()
+            raise PixelwiseError(
+                f"Label {path} holds values {shown} that are no Cityscapes instance ids (label id "
+                "0..33, or label id * 1000 + instance for label ids 24..33); check that the file "
+                "is a *_gtFine_instanceIds.png from gtFine_trainvaltest.zip."
+            )
+        masks, labels, crowd = [], [], []
+        for k, (value, label_id) in enumerate(zip(values, label_ids, strict=True)):
+            if label_id not in INSTANCE_LABEL_IDS:
+                continue
+            masks.append(inverse == k)
+            labels.append(INSTANCE_LABEL_IDS.index(int(label_id)) + 1)
+            crowd.append(int(value < 1000))
+        void_values = np.flatnonzero(np.isin(label_ids, _UNEVALUATED_INSTANCE_IDS))
+        return Objects(
+            masks=(
+                np.stack(masks).astype(np.uint8)
+                if masks
+                else np.zeros((0, *raw.shape), dtype=np.uint8)
+            ),
+            labels=np.array(labels, dtype=np.int64),
+            iscrowd=np.array(crowd, dtype=np.int64),
+            void=np.isin(inverse, void_values) if void_values.size else None,
+        )

@@ -47,7 +47,6 @@ import torch
 from torch import Tensor
 
 from pixelwise.data.base import (
-    IGNORE_INDEX,
     SegmentationDataset,
     Transform,
     error_text,
@@ -57,6 +56,7 @@ from pixelwise.data.base import (
     voc_colormap,
 )
 from pixelwise.data.coco_stuff import COCOSTUFF_NAMES, UNUSED_IDS
+from pixelwise.data.instances import InstanceDataset, Objects, compose_semantic
 from pixelwise.errors import PixelwiseError
 
 #: The 80 COCO thing category ids in order (1..90 without the ten ids COCO never used; id 91,
@@ -178,28 +178,6 @@ def check_segmentation(ann: dict[str, Any], height: int, width: int, path: Path)
         raise PixelwiseError(f"{where} has RLE counts that are neither a list nor a string.")
 
 
-def compose_semantic(
-    instances: list[tuple[np.ndarray, int, bool]], height: int, width: int
-) -> np.ndarray:
-    """Paint ``(mask, class, is_crowd)`` instances into an int64 HxW semantic mask.
-
-    Background is 0; a pixel claimed by two different classes, or inside a crowd region, is 255.
-    One vectorised pass per instance, no per-pixel Python.
-    """
-    semantic = np.zeros((height, width), dtype=np.int64)
-    conflict = np.zeros((height, width), dtype=bool)
-    crowd = np.zeros((height, width), dtype=bool)
-    for mask, cls, is_crowd in instances:
-        region = mask.astype(bool)
-        if is_crowd:
-            crowd |= region
-            continue
-        conflict |= region & (semantic != 0) & (semantic != cls)
-        semantic[region & (semantic == 0)] = cls
-    semantic[conflict | crowd] = IGNORE_INDEX
-    return semantic
-
-
 @register_dataset("coco")
 class COCO(SegmentationDataset):
     """COCO 2017 as semantic segmentation (VOC-20 or all 80 things) and as instances.
@@ -305,11 +283,14 @@ class COCO(SegmentationDataset):
         return {"image": sample[0], "label": self.annotation_file}
 
     # -- decoding ----------------------------------------------------------------------------
-    def _instances(self, image_id: int) -> list[tuple[dict[str, Any], int, np.ndarray]]:
-        """``(annotation, class id, HxW uint8 mask)`` of the kept annotations of one image."""
+    def _kept_annotations(self, image_id: int) -> list[tuple[dict[str, Any], int]]:
+        """``(annotation, class id)`` of the annotations of one image that this class set keeps.
+
+        Each one's category and segmentation are checked, so nothing undecodable is kept.
+        """
         coco = self.coco
         info = coco.imgs[image_id]
-        found = []
+        kept = []
         for ann in coco.imgToAnns.get(image_id, []):
             category = ann["category_id"]
             if category not in coco.cats:
@@ -326,6 +307,15 @@ class COCO(SegmentationDataset):
             if cls is None:
                 continue  # outside the VOC set: background, as torchvision does
             check_segmentation(ann, int(info["height"]), int(info["width"]), self.annotation_file)
+            kept.append((ann, cls))
+        return kept
+
+    def _instances(self, image_id: int) -> list[tuple[dict[str, Any], int, np.ndarray]]:
+        """``(annotation, class id, HxW uint8 mask)`` of the kept annotations of one image."""
+        coco = self.coco
+        info = coco.imgs[image_id]
+        found = []
+        for ann, cls in self._kept_annotations(image_id):
             try:
                 with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation, not ours
                     warnings.simplefilter("ignore", DeprecationWarning)
@@ -395,3 +385,80 @@ class COCO(SegmentationDataset):
             ],
             "image_id": torch.tensor(image_id, dtype=torch.int64),
         }
+
+
+@register_dataset("coco_instances")
+class COCOInstances(InstanceDataset, COCO):
+    """COCO as instance segmentation: ``(image, target)`` for Mask R-CNN (see ``data.instances``).
+
+    Args:
+        root: folder holding ``train2017/``, ``val2017/`` and ``annotations/``.
+        split: ``"train"`` or ``"val"``.
+        transforms: joint transform of ``(image, target)``.
+        class_set: ``"all"`` (the 80 things, labels 1..80 in category-id order, 81 classes),
+            ``"voc"`` (the 20 VOC classes, other categories left out) or ``"file"`` (the
+            ``categories`` of the annotation file in id order, for COCO-format datasets of your
+            own; the file is read when the dataset is built).
+        min_area: drop images whose kept annotations cover at most this many pixels; the default
+            -1 keeps every image, also those without objects (0 drops those, close to
+            torchvision's detection training filter).
+        year: ``2017`` or ``2014``.
+
+    Crowd annotations are targets with ``iscrowd=1`` in every split; the training transforms
+    leave them out of the loss. Boxes are the annotations' own ``bbox`` and ``area`` their
+    ``area`` (what COCOeval uses), ``image_id`` the annotation file's image id.
+    """
+
+    classes = ("background", *COCO80_CLASSES)
+    palette = voc_colormap(len(COCO80_CLASSES) + 1)
+    category_ids = (0, *COCO_CATEGORY_IDS)
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transforms: Transform | None = None,
+        *,
+        class_set: str = "all",
+        min_area: float = -1.0,
+        year: int = 2017,
+    ) -> None:
+        if class_set not in ("all", "voc", "file"):
+            raise PixelwiseError(
+                f"coco_instances class_set must be 'all', 'voc' or 'file', not {class_set!r}."
+            )
+        base_set = "all" if class_set == "file" else class_set
+        super().__init__(root, split, transforms, class_set=base_set, min_area=min_area, year=year)
+        if class_set == "voc":
+            self.classes = VOC21_CLASSES  # type: ignore[misc]
+            self.palette = voc_colormap(len(VOC21_CLASSES))  # type: ignore[misc]
+            self.category_ids = VOC_CATEGORY_IDS  # type: ignore[misc]
+        elif class_set == "file":
+            ids = sorted(self.coco.cats)
+            self.class_set = "file"
+            self.category_map = {cat: index + 1 for index, cat in enumerate(ids)}
+            names = (str(self.coco.cats[i].get("name", i)) for i in ids)
+            self.classes = ("background", *names)  # type: ignore[misc]
+            self.palette = voc_colormap(len(self.classes))  # type: ignore[misc]
+            self.category_ids = (0, *ids)  # type: ignore[misc]
+
+    def image_id(self, index: int) -> int:
+        return int(self.samples[index][1])
+
+    def load_objects(self, sample: tuple[Path, int]) -> Objects:
+        info = self.coco.imgs[sample[1]]
+        height, width = int(info["height"]), int(info["width"])
+        found = self._instances(sample[1])
+        boxes = np.array([ann["bbox"] for ann, _, _ in found], dtype=np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # COCO's [x, y, w, h] -> xyxy
+        return Objects(
+            masks=(
+                np.stack([mask for _, _, mask in found])
+                if found
+                else np.zeros((0, height, width), dtype=np.uint8)
+            ),
+            labels=np.array([cls for _, cls, _ in found], dtype=np.int64),
+            iscrowd=np.array([int(ann.get("iscrowd", 0)) for ann, _, _ in found], dtype=np.int64),
+            boxes=boxes,
+            area=np.array([float(ann.get("area", 0.0)) for ann, _, _ in found], dtype=np.float32),
+        )

@@ -4,6 +4,9 @@ Inputs and outputs follow the sample contract: ``image`` uint8 3xHxW, ``mask`` i
 pair is wrapped as ``tv_tensors.Image`` / ``tv_tensors.Mask`` so that every geometric op moves both
 alike, masks are only ever resized with nearest neighbour (v2 dispatches on the Mask type), photo-
 metric ops touch only the image, and padding fills the mask with the ignore index.
+
+Instance samples ``(image, target dict)`` go through :class:`InstanceTransform` instead
+(:func:`build_instance_train_transforms`, :func:`build_instance_eval_transforms`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from pixelwise.data.base import IGNORE_INDEX
+from pixelwise.data.instances import INSTANCE_FIELDS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -109,6 +113,82 @@ def build_eval_transforms(
 ) -> JointTransform:
     """Deterministic: optional resize, then normalisation."""
     return JointTransform(_resize(resize) + _to_normalised(mean, std))
+
+
+class InstanceTransform:
+    """Applies a v2 pipeline to an ``(image, target)`` sample of an instance dataset.
+
+    ``target`` is the dict of :mod:`pixelwise.data.instances`; boxes and masks move with the image
+    (v2 dispatches on ``BoundingBoxes`` and ``Mask``), ``labels``, ``iscrowd`` and ``area`` are
+    filtered with them by ``SanitizeBoundingBoxes``. With ``drop_crowd`` the crowd regions are
+    removed first (torchvision's detection training does not learn from them). The result is
+    unwrapped to plain tensors: a float image and a target with ``boxes`` (N, 4) float32 and
+    ``masks`` (N, H, W) uint8 at the transformed size; ``area`` stays in the original pixels.
+    """
+
+    def __init__(self, ops: Sequence[v2.Transform], *, drop_crowd: bool = False) -> None:
+        self.pipeline = v2.Compose(list(ops))
+        self.drop_crowd = drop_crowd
+
+    def __call__(self, image: Tensor, target: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        target = dict(target)
+        if self.drop_crowd and len(target["iscrowd"]):
+            keep = target["iscrowd"] == 0
+            for key in INSTANCE_FIELDS:
+                target[key] = target[key][keep]
+        size = tuple(image.shape[-2:])
+        target["boxes"] = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=size)
+        target["masks"] = tv_tensors.Mask(target["masks"])
+        image_out, target_out = self.pipeline(tv_tensors.Image(image), target)
+        for key in ("boxes", "masks"):
+            target_out[key] = target_out[key].as_subclass(Tensor)
+        return image_out.as_subclass(Tensor), target_out
+
+    def __repr__(self) -> str:
+        return f"InstanceTransform({self.pipeline}, drop_crowd={self.drop_crowd})"
+
+
+def _per_instance(inputs: tuple[Any, dict[str, Any]]) -> tuple[Tensor, ...]:
+    """The target tensors ``SanitizeBoundingBoxes`` filters along with the boxes (and masks)."""
+    target = inputs[1]
+    return tuple(target[key] for key in ("labels", "iscrowd", "area") if key in target)
+
+
+def _instance_ops(
+    resize: Sequence[int] | None, hflip: bool, mean: Sequence[float], std: Sequence[float]
+) -> list[v2.Transform]:
+    ops = _resize(resize)
+    if hflip:
+        ops.append(v2.RandomHorizontalFlip(p=0.5))
+    # last, so that boxes a resize shrank below one pixel go with their masks and labels
+    return ops + _to_normalised(mean, std) + [v2.SanitizeBoundingBoxes(labels_getter=_per_instance)]
+
+
+def build_instance_train_transforms(
+    *,
+    resize: Sequence[int] | None = None,
+    hflip: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    drop_crowd: bool = True,
+) -> InstanceTransform:
+    """Crowd regions out, optional resize, random horizontal flip, normalise, drop degenerate boxes.
+
+    Images left without objects stay (Mask R-CNN trains on them as negatives). The model's own
+    normalisation is expected to be the identity: the pipeline normalises with ``mean``/``std``
+    as it does for every pixelwise network.
+    """
+    return InstanceTransform(_instance_ops(resize, hflip, mean, std), drop_crowd=drop_crowd)
+
+
+def build_instance_eval_transforms(
+    *,
+    resize: Sequence[int] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> InstanceTransform:
+    """Deterministic: optional resize, normalise, drop degenerate boxes; crowd regions kept."""
+    return InstanceTransform(_instance_ops(resize, False, mean, std))
 
 
 def normalise_image(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

@@ -28,11 +28,21 @@ Splits:
   numbers. The list ships with pixelwise (``pixelwise/data/lists/voc_seg11valid.txt``).
 - ``sbd_train``, ``sbd_val``: SBD's own lists, images and labels from ``sbd_root`` (FCN trains on
   ``sbd_train`` and validates on ``seg11valid``).
+
+``voc_instances`` reads the objects of the same images: ``SegmentationObject/<id>.png`` (palette
+indices: 0 background, 1..K one per object, 255 the void band) for ``train``, ``val`` and
+``trainval``, and SBD's ``inst/<id>.mat`` (struct ``GTinst``, field ``Segmentation``: 0
+background, 1..K objects) for ``sbd_train`` and ``sbd_val``. An object's class is the majority of
+the class map under its pixels (``SegmentationClass/<id>.png``, or SBD's ``cls/<id>.mat``),
+ignoring 0 and 255, so both sources go through one rule; ``GTinst.Categories`` is not read. The
+20 classes are labels 1..20 (= their VOC class index); VOC has no crowd regions, and its void
+band is ignore in the painted class map.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from torch import Tensor
@@ -51,6 +61,7 @@ from pixelwise.data.base import (
     to_mask,
     voc_colormap,
 )
+from pixelwise.data.instances import InstanceDataset, Objects
 from pixelwise.errors import PixelwiseError
 
 VOC_CLASSES = (
@@ -69,25 +80,28 @@ _SBD_SPLITS = {"sbd_train": "train", "sbd_val": "val"}
 VOC_PALETTE = voc_colormap(len(VOC_CLASSES))
 
 
-def read_sbd_mat(path: Path) -> np.ndarray:
-    """The class map of one SBD ``cls/<id>.mat`` file: ``mat['GTcls'][0]['Segmentation'][0]``.
+def read_sbd_mat(path: Path, struct: str = "GTcls") -> np.ndarray:
+    """The map of one SBD ``.mat`` file: ``mat[struct][0]['Segmentation'][0]``.
 
-    ``GTcls`` is a 1x1 MATLAB struct; ``loadmat`` makes it a (1, 1) record array, so ``[0]`` picks
-    the row, ``['Segmentation']`` the field (one object per column) and ``[0]`` the HxW array.
+    ``struct`` is ``"GTcls"`` for ``cls/<id>.mat`` (class ids) or ``"GTinst"`` for
+    ``inst/<id>.mat`` (instance ids). It is a 1x1 MATLAB struct; ``loadmat`` makes it a (1, 1)
+    record array, so ``[0]`` picks the row, ``['Segmentation']`` the field (one object per
+    column) and ``[0]`` the HxW array.
     """
-    fix = "re-extract it from benchmark_RELEASE/dataset/cls of the SBD download."
-    mat = read_mat(path, "Label", fix, variable_names=["GTcls"])
+    folder = "inst" if struct == "GTinst" else "cls"
+    fix = f"re-extract it from benchmark_RELEASE/dataset/{folder} of the SBD download."
+    mat = read_mat(path, "Label", fix, variable_names=[struct])
     try:
-        segmentation = np.asarray(mat["GTcls"][0]["Segmentation"][0])
+        segmentation = np.asarray(mat[struct][0]["Segmentation"][0])
     except (KeyError, IndexError, ValueError, TypeError) as error:
         raise PixelwiseError(
-            f"Label {path} is not an SBD class file with GTcls.Segmentation "
+            f"Label {path} is not an SBD {folder} file with {struct}.Segmentation "
             f"({error_text(error)}); {fix}"
         ) from None
     if segmentation.ndim != 2 or segmentation.dtype.kind not in "iu":
         raise PixelwiseError(
-            f"Label {path} has a GTcls.Segmentation of shape {segmentation.shape} and type "
-            f"{segmentation.dtype}, not an HxW integer class map; {fix}"
+            f"Label {path} has a {struct}.Segmentation of shape {segmentation.shape} and type "
+            f"{segmentation.dtype}, not an HxW integer map; {fix}"
         )
     return segmentation
 
@@ -99,6 +113,8 @@ class VOC(SegmentationDataset):
     classes = VOC_CLASSES
     palette = VOC_PALETTE
     splits = ("train", "val", "trainval", "trainaug", "seg11valid", "sbd_train", "sbd_val")
+    #: What ``sbd_root`` must hold for the splits that read SBD.
+    _sbd_entries: ClassVar[tuple[str, ...]] = ("img", "cls", "train.txt", "val.txt")
 
     def __init__(
         self,
@@ -142,7 +158,7 @@ class VOC(SegmentationDataset):
                     else "."
                 )
             )
-        for name in ("img", "cls", "train.txt", "val.txt"):
+        for name in self._sbd_entries:
             if not (self.sbd_root / name).exists():
                 raise PixelwiseError(
                     f"{self.sbd_root} is not an SBD root: expected {name} inside it; point sbd_root "
@@ -230,3 +246,127 @@ class VOC(SegmentationDataset):
         # VOC ids are the class ids already and 255 is already ignore; values 21..254 are left
         # for check_mask_values, which names the file.
         return to_mask(raw)
+
+
+def objects_from_maps(
+    instances: np.ndarray,
+    classes: np.ndarray,
+    instance_file: Path,
+    class_file: Path,
+    *,
+    void: int | None,
+) -> Objects:
+    """The objects of an instance-id map, each given the majority class under its pixels.
+
+    ``void`` is the instance map's value for unlabelled pixels (255 in VOC's PNGs, None for SBD).
+    Class values 0 and 255 do not vote; an object under which no pixel holds a class 1..20 means
+    the two files do not belong together and raises, as does a class value outside 0..20 and 255.
+    """
+    if instances.shape != classes.shape:
+        raise PixelwiseError(
+            f"Label {instance_file} is {instances.shape[1]}x{instances.shape[0]} but its class map "
+            f"{class_file} is {classes.shape[1]}x{classes.shape[0]}; re-extract both."
+        )
+    classes = classes.astype(np.int64)
+    outside = ((classes < 0) | (classes > 20)) & (classes != 255)
+    if bool(outside.any()):
+        raise PixelwiseError(
+            f"Label {class_file} holds class values {np.unique(classes[outside])[:5].tolist()} "
+            "outside the 20 VOC classes (0..20, 255 = void); check that the dataset name and root "
+            "match the labels."
+        )
+    instances = instances.astype(np.int64)
+    if instances.min(initial=0) < 0:
+        raise PixelwiseError(f"Label {instance_file} holds negative instance ids; re-extract it.")
+    objects = instances > 0
+    if void is not None:
+        objects &= instances != void
+    ids = np.unique(instances[objects])
+    votes = np.zeros((len(ids), 21), dtype=np.int64)
+    if len(ids):
+        voting = objects & (classes >= 1) & (classes <= 20)
+        slot = np.searchsorted(ids, instances[voting])
+        np.add.at(votes, (slot, classes[voting]), 1)
+    silent = votes.sum(axis=1) == 0
+    if bool(silent.any()):
+        raise PixelwiseError(
+            f"Label {instance_file}: objects {ids[silent][:5].tolist()} cover no class pixels in "
+            f"{class_file}; the two files do not belong together, re-extract them."
+        )
+    return Objects(
+        masks=(instances[None] == ids[:, None, None]).astype(np.uint8),
+        labels=votes.argmax(axis=1),
+        iscrowd=np.zeros(len(ids), dtype=np.int64),
+        void=instances == void if void is not None else None,
+    )
+
+
+@register_dataset("voc_instances")
+class VOCInstances(InstanceDataset, VOC):
+    """PASCAL VOC 2012 objects (and SBD's): 20 classes + background (see the module docstring).
+
+    Args:
+        root: ``VOCdevkit/VOC2012``.
+        split: ``train``, ``val``, ``trainval`` (VOC) or ``sbd_train``, ``sbd_val`` (SBD).
+        transforms: joint transform of ``(image, target)``.
+        sbd_root: ``benchmark_RELEASE/dataset`` of SBD, for the ``sbd_*`` splits.
+    """
+
+    category_ids = tuple(range(len(VOC_CLASSES)))
+    splits = ("train", "val", "trainval", "sbd_train", "sbd_val")
+    _sbd_entries = ("img", "inst", "cls", "train.txt", "val.txt")
+
+    @property
+    def expected_folders(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self.split in _SBD_SPLITS:
+            return ()
+        return ("JPEGImages", "SegmentationObject", "SegmentationClass", "ImageSets/Segmentation")
+
+    def build_index(self) -> list[tuple[Path, Path, Path]]:
+        sets = self.root / "ImageSets/Segmentation"
+        watch = [sets / f"{name}.txt" for name in _VOC_SPLITS]
+        watch += [self.root / d for d in ("JPEGImages", "SegmentationObject", "SegmentationClass")]
+        if self.sbd_root is not None:
+            watch += [self.sbd_root / n for n in ("train.txt", "val.txt", "inst", "cls")]
+        key = (
+            "voc_instances",
+            self.root.resolve(),
+            self.split,
+            self.sbd_root and self.sbd_root.resolve(),
+        )
+        return cached_index(key, watch, self._scan)
+
+    def _scan(self) -> list[tuple[Path, Path, Path]]:
+        if self.split in _SBD_SPLITS:
+            sbd = Path(self.sbd_root or "")  # check_root has made sure it is set
+            ids = parse_list_file(sbd / f"{_SBD_SPLITS[self.split]}.txt")
+            return [
+                (sbd / "img" / f"{i}.jpg", sbd / "inst" / f"{i}.mat", sbd / "cls" / f"{i}.mat")
+                for i in ids
+            ]
+        ids = parse_list_file(self.root / "ImageSets/Segmentation" / f"{self.split}.txt")
+        return [
+            (
+                self.root / "JPEGImages" / f"{i}.jpg",
+                self.root / "SegmentationObject" / f"{i}.png",
+                self.root / "SegmentationClass" / f"{i}.png",
+            )
+            for i in ids
+        ]
+
+    def describe(self, sample: tuple[Path, Path, Path]) -> str:
+        return str(sample[1])
+
+    def sample_files(self, sample: tuple[Path, Path, Path]) -> dict[str, Path]:
+        """The image and the object label, for ``datasets check`` (the class map is read too)."""
+        return {"image": sample[0], "label": sample[1]}
+
+    def load_objects(self, sample: tuple[Path, Path, Path]) -> Objects:
+        _, instance_file, class_file = sample
+        if instance_file.suffix == ".mat":
+            instances = read_sbd_mat(instance_file, "GTinst")
+            classes = read_sbd_mat(class_file)
+            return objects_from_maps(instances, classes, instance_file, class_file, void=None)
+        instances = read_label_png(instance_file)
+        classes = read_label_png(class_file)
+        return objects_from_maps(instances, classes, instance_file, class_file, void=255)
