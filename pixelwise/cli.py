@@ -171,13 +171,6 @@ def _run_training(config, resume: str | None) -> int:
     return 0
 
 
-def _load_for_inference(checkpoint: str, device_name: str):
-    from pixelwise.engine.model_io import load_model
-
-    loaded = load_model(checkpoint, device_name)
-    return loaded, loaded.meta, loaded.model, loaded.device
-
-
 def _output_folder(path: Path, flag: str) -> Path:
     """Create ``path`` (and its parents) for output, or refuse in one sentence before any work."""
     if path.exists() and not path.is_dir():
@@ -202,56 +195,49 @@ def _output_file(path: Path, flag: str, example: str) -> Path:
     return path
 
 
-def cmd_eval(args) -> int:
-    from pixelwise.data import build_dataset
-    from pixelwise.data.transforms import build_eval_transforms
-    from pixelwise.engine.evaluate import evaluate
+def _tta(args):
     from pixelwise.engine.inference import check_tta
-    from pixelwise.engine.loader import EpochBatchSampler, make_loader
-    from pixelwise.metrics import format_scores
-    from pixelwise.viz import plot_confusion
+    from pixelwise.engine.task import TTA
 
     check_tta(args.scales, args.crop, args.stride)
+    return TTA(tuple(args.scales), args.flip, args.crop, args.stride)
+
+
+def cmd_eval(args) -> int:
+    from pixelwise.engine.evaluate import Evaluator, task_of
+    from pixelwise.engine.model_io import load_model
+    from pixelwise.viz import plot_confusion
+
+    tta = _tta(args)
     for flag, name, example in (
         ("--confusion", args.confusion, "confusion.png"),
         ("--json", args.json, "scores.json"),
     ):
         if name:
             _output_file(Path(name), flag, example)
-    loaded, meta, model, device = _load_for_inference(args.checkpoint, args.device)
-    cfg = loaded.config
-    d = cfg.data
-    split = args.split or d.val_split
-    options = d.options if split == d.train_split else {**d.options, **d.val_options}
-    dataset = build_dataset(d.dataset, args.root or d.root, split=split, **options)
-    loader = make_loader(
-        dataset,
-        build_eval_transforms(resize=d.resize, mean=d.mean, std=d.std),
-        EpochBatchSampler(len(dataset), d.val_batch_size if not args.crop else 1, shuffle=False, drop_last=False),
-        d.num_workers,
+    loaded = load_model(args.checkpoint, args.device)
+    evaluator = Evaluator(loaded.config, task_of(loaded), split=args.split, root=args.root, tta=tta)
+    result = evaluator.run(loaded.model, loaded.device)
+    print(
+        f"{loaded.meta['model']} on {loaded.config.data.dataset} {result.split} "
+        f"({len(result.dataset)} images)"
     )
-    matrix = evaluate(
-        model, loader, meta["num_classes"], device, scales=args.scales, flip=args.flip,
-        crop=args.crop, stride=args.stride,
-    )  # fmt: skip
-    scores = matrix.compute()
-    print(f"{meta['model']} on {d.dataset} {split} ({len(dataset)} images)")
-    print(format_scores(scores, meta["classes"]))
-    if args.confusion:
-        plot_confusion(matrix.matrix, meta["classes"], Path(args.confusion))
+    print(result.report.format(loaded.classes))
+    if args.confusion and hasattr(result.metric, "matrix"):
+        plot_confusion(result.metric.matrix, loaded.classes, Path(args.confusion))
     if args.json:
-        Path(args.json).write_text(json.dumps(scores.as_dict(), indent=2))
+        Path(args.json).write_text(json.dumps(result.report.as_dict(), indent=2))
     return 0
 
 
 def cmd_predict(args) -> int:
     from pixelwise.data.base import read_image
-    from pixelwise.data.transforms import normalise_image
-    from pixelwise.engine.inference import check_tta, predict_probs
+    from pixelwise.engine.evaluate import predict_image, task_of
+    from pixelwise.engine.model_io import load_model
     from pixelwise.models.layers import center_crop
     from pixelwise.viz import overlay, save_label_png, save_png
 
-    check_tta(args.scales, args.crop, args.stride)
+    tta = _tta(args)
     images = [Path(name) for name in args.images]
     for path in images:
         if path.is_dir():
@@ -268,16 +254,16 @@ def cmd_predict(args) -> int:
             f"{existing[0]}{more} already exist in --out {out}; pass --overwrite to replace them "
             "or choose another --out folder."
         )
-    _, meta, model, device = _load_for_inference(args.checkpoint, args.device)
+    loaded = load_model(args.checkpoint, args.device)
+    task = task_of(loaded)
     for path, (label_path, overlay_path) in zip(images, targets, strict=True):
         image = read_image(path)
-        x = normalise_image(image, meta["mean"], meta["std"])[None].to(device)
-        probs = predict_probs(model, x, scales=args.scales, flip=args.flip, crop=args.crop, stride=args.stride)
-        label = probs.argmax(1)[0].cpu()
-        save_label_png(label, meta["palette"], label_path)
+        # Preprocessed as eval preprocesses (data.resize, mean/std); labels at the image's size.
+        label, _ = predict_image(loaded.model, task, image, loaded.device, tta)
+        save_label_png(label, loaded.palette, label_path)
         # A valid-padding model predicts the centre only: overlay that window of the image.
         rgb = center_crop(image, tuple(label.shape)).permute(1, 2, 0).numpy()
-        save_png(overlay(rgb, label, meta["palette"]), overlay_path)
+        save_png(overlay(rgb, label, loaded.palette), overlay_path)
         print(f"{path} -> {label_path}, {overlay_path}")
     return 0
 

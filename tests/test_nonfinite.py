@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pixelwise.config import config_from_dict
-from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.train import Trainer, all_finite, first_nonfinite
+from pixelwise.engine.checkpoint import all_finite, first_nonfinite, load_checkpoint
+from pixelwise.engine.train import Trainer
 from pixelwise.errors import PixelwiseError
 from tests.test_engine import tiny_config
 

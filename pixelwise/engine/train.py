@@ -22,9 +22,7 @@ from tqdm import tqdm
 from pixelwise.config import Config, config_from_dict, dump_config
 from pixelwise.data import build_dataset
 from pixelwise.data.base import SegmentationDataset
-from pixelwise.data.transforms import build_eval_transforms, build_train_transforms
 from pixelwise.engine.checkpoint import (
-    all_finite,
     capture_rng,
     check_compatible,
     first_nonfinite,
@@ -33,17 +31,17 @@ from pixelwise.engine.checkpoint import (
     save_checkpoint,
 )
 from pixelwise.engine.distributed import init_distributed, resolve_device, unwrap
-from pixelwise.engine.evaluate import _amp_dtype, amp_in_effect, evaluate
+from pixelwise.engine.evaluate import Evaluator, amp_in_effect
 from pixelwise.engine.loader import EpochBatchSampler, make_loader
 from pixelwise.engine.provenance import run_record
 from pixelwise.engine.rundir import StopRequest, new_run_dir, write_run_json
 from pixelwise.engine.schedule import build_optimizer, build_scheduler
 from pixelwise.engine.sync_bn import convert_sync_batchnorm
+from pixelwise.engine.task import Report, Task, class_weights_for, task_for  # noqa: F401
 from pixelwise.errors import PixelwiseError
-from pixelwise.losses import build_loss, match_target
 from pixelwise.metrics import Scores, format_scores
 from pixelwise.models import build_model
-from pixelwise.viz import denormalise, prediction_grid, save_png
+from pixelwise.viz import save_png
 
 
 def build_datasets(cfg: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -55,30 +53,6 @@ def build_datasets(cfg: Config) -> tuple[SegmentationDataset, SegmentationDatase
             f"Dataset {d.dataset!r} split {d.train_split!r} under {d.root} holds no samples; check data.root."
         )
     return train, val
-
-
-def class_weights_for(cfg: Config, dataset: SegmentationDataset) -> Tensor | None:
-    """``loss.class_weights``: null, a list, or computed from the training labels."""
-    spec = cfg.loss.class_weights
-    if spec is None:
-        return None
-    if isinstance(spec, list):
-        if len(spec) != dataset.num_classes:
-            raise PixelwiseError(
-                f"loss.class_weights has {len(spec)} values but {cfg.data.dataset} has "
-                f"{dataset.num_classes} classes; give one weight per class."
-            )
-        return torch.tensor(spec, dtype=torch.float32)
-    from pixelwise.class_weights import (
-        class_pixel_counts,
-        enet_class_weights,
-        median_frequency_weights_from_counts,
-    )
-
-    counts, image_pixels = class_pixel_counts(dataset)
-    if spec == "median_frequency":
-        return median_frequency_weights_from_counts(counts, image_pixels).float()
-    return enet_class_weights(counts).float()
 
 
 def train_step(
@@ -93,28 +67,21 @@ def train_step(
     aux: bool,
     skip_nonfinite: bool = False,
 ) -> tuple[float, bool]:
-    """One forward, backward and update; returns the loss and whether the optimizer stepped.
+    """One semantic step with a given criterion, outside a Trainer (the task's step, for tests and
+    notebooks); returns the loss and whether the optimizer stepped."""
+    result = _CriterionTask(criterion, aux).train_step(
+        model, optimizer, scaler, images, targets, amp=amp, skip_nonfinite=skip_nonfinite
+    )
+    return result.loss, result.stepped
 
-    A non-finite loss never reaches the parameters: the update is skipped (and the caller stops
-    the run, unless ``skip_nonfinite``, which also skips a batch whose gradients are not finite).
-    """
-    device = images.device
-    with torch.autocast(device.type, dtype=_amp_dtype(device), enabled=amp):
-        output = model(images, return_aux=True) if aux else model(images)
-        loss = criterion(output, targets)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    value = float(loss.detach())
-    finite = math.isfinite(value)
-    if finite and skip_nonfinite and not scaler.is_enabled():
-        # Under DDP the gradients are already all-reduced, so every rank takes the same decision.
-        finite = all_finite([p.grad for g in optimizer.param_groups for p in g["params"]])
-    if not finite:
-        optimizer.zero_grad(set_to_none=True)
-        return value, False
-    scaler.step(optimizer)  # an enabled GradScaler skips non-finite gradients itself
-    scaler.update()
-    return value, True
+
+class _CriterionTask(Task):
+    def __init__(self, criterion: nn.Module, aux: bool) -> None:  # no config: the loss is given
+        self.criterion, self.aux = criterion, aux
+
+    def loss(self, net: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[Tensor, dict]:
+        output = net(inputs, return_aux=True) if self.aux else net(inputs)
+        return self.criterion(output, targets), {}
 
 
 class Trainer:
@@ -154,11 +121,9 @@ class Trainer:
                 f"{self.train_set.num_classes} classes; remove model.num_classes or fix it."
             )
         d = config.data
-        self.train_transforms = build_train_transforms(
-            crop_size=d.crop_size, resize=d.resize, scale_range=d.scale_range, hflip=d.hflip,
-            color_jitter=d.color_jitter, mean=d.mean, std=d.std,
-        )  # fmt: skip
-        self.eval_transforms = build_eval_transforms(resize=d.resize, mean=d.mean, std=d.std)
+        self.task = task_for(config, self.num_classes, self.classes, self.train_set.palette)
+        self.train_transforms = self.task.train_transforms()
+        self.eval_transforms = self.task.eval_transforms()
 
         self.model = build_model(
             config.model.name,
@@ -175,12 +140,7 @@ class Trainer:
                 self.model = convert_sync_batchnorm(self.model)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.criterion = build_loss(
-            config.loss.name,
-            class_weights=class_weights_for(config, self.train_set),
-            top_k=config.loss.top_k,
-            aux_weights=config.loss.aux_weights,
-        ).to(self.device)
+        self.task.setup(self.model, self.device, self.train_set)
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
         self.iters_per_epoch = EpochBatchSampler(
             len(self.train_set), d.batch_size, rank=self.dist.rank, world_size=self.dist.world_size
@@ -233,6 +193,15 @@ class Trainer:
         self.writer = None
         self.interrupted = False
 
+    @property
+    def criterion(self) -> nn.Module | None:
+        """The task's loss module (replaceable, e.g. by a test that injects a NaN)."""
+        return self.task.criterion
+
+    @criterion.setter
+    def criterion(self, module: nn.Module) -> None:
+        self.task.criterion = module
+
     # -- checkpoints -------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
         return {
@@ -256,6 +225,7 @@ class Trainer:
             "step": self.step,
             "best_score": self.best_score,
             "rng": capture_rng(),
+            "task": self.task.state_dict(),
             "config": self.cfg.to_dict(),
             "meta": self.meta(),
         }
@@ -294,6 +264,7 @@ class Trainer:
         self.step = int(payload["step"])
         self.best_score = float(payload["best_score"])
         self.saved_step = self.step
+        self.task.load_state_dict(payload.get("task", {}))
         restore_rng(payload["rng"])
         # The restored learning rate is the old schedule's; with a changed train.iters/epochs the
         # schedule is the new one from this step on (LambdaLR's own formula, so unchanged runs match).
@@ -314,16 +285,16 @@ class Trainer:
             rank=self.dist.rank, world_size=self.dist.world_size, start=start,
         )  # fmt: skip
         return make_loader(
-            self.train_set, self.train_transforms, sampler, d.num_workers, self.device.type == "cuda"
-        )
-
-    def _val_loader(self):
-        d = self.cfg.data
-        sampler = EpochBatchSampler(
-            len(self.val_set), d.val_batch_size, shuffle=False, drop_last=False,
-            rank=self.dist.rank, world_size=self.dist.world_size,
+            self.train_set, self.train_transforms, sampler, d.num_workers,
+            self.device.type == "cuda", collate_fn=self.task.collate,
         )  # fmt: skip
-        return make_loader(self.val_set, self.eval_transforms, sampler, d.num_workers)
+
+    def evaluator(self) -> Evaluator:
+        """The validation split scored as ``pixelwise eval`` scores it, sharded over the ranks."""
+        return Evaluator(
+            self.cfg, self.task, dataset=self.val_set, rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )  # fmt: skip
 
     def _should_eval(self, end_of_epoch: bool) -> bool:
         t = self.cfg.train
@@ -333,7 +304,7 @@ class Trainer:
             return end_of_epoch and (self.step // self.iters_per_epoch) % t.eval_every == 0
         return self.step % t.eval_every == 0
 
-    def fit(self, max_steps: int | None = None) -> Scores | None:
+    def fit(self, max_steps: int | None = None) -> Report | None:
         """Train until ``train.iters``/``epochs`` (or ``max_steps``, or a stop signal); returns the
         scores of the last evaluation (None when none ran)."""
         if self.dist.is_main:
@@ -343,39 +314,40 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         stop_at = self.total_iters if max_steps is None else min(max_steps, self.total_iters)
-        last_scores: Scores | None = None
+        last_scores: Report | None = None
         show = self.dist.is_main and self.progress is not False
         bar = tqdm(
             total=stop_at, initial=self.step, desc=self.cfg.name, dynamic_ncols=True,
             disable=None if self.progress is None else not show, leave=False,
         )  # fmt: skip
         self.net.train()
-        aux = bool(self.cfg.loss.aux_weights)
+        self._losses = RunningMeans()
         seen, tick = 0, time.perf_counter()
         self.eval_seconds = 0.0
         with StopRequest() as stop:
             while self.step < stop_at and not stop.requested:
                 epoch, start = divmod(self.step, self.iters_per_epoch)
-                for images, targets in self._train_loader(epoch, start):
-                    images = images.to(self.device, non_blocking=True)
-                    if self.cfg.train.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    targets = targets.to(self.device, non_blocking=True)
+                for batch in self._train_loader(epoch, start):
+                    inputs, targets = self.task.to_device(
+                        batch, self.device, self.cfg.train.channels_last
+                    )
                     skip = self.cfg.train.skip_nonfinite
-                    loss, stepped = train_step(
-                        self.net, self.criterion, self.optimizer, self.scaler, images, targets,
-                        amp=self.amp, aux=aux, skip_nonfinite=skip,
+                    result = self.task.train_step(
+                        self.net, self.optimizer, self.scaler, inputs, targets,
+                        amp=self.amp, skip_nonfinite=skip,
                     )  # fmt: skip
+                    loss, stepped = result.loss, result.stepped
                     if not stepped and not skip:
                         raise PixelwiseError(
                             f"The loss became {loss} at step {self.step + 1} and the run stopped "
                             f"before updating; {self._kept()}; lower optim.lr (now "
                             f"{self.cfg.optim.lr}), check the labels, or set train.skip_nonfinite: true."
                         )
+                    self._losses.add({"loss": loss, **result.terms})
                     lr = self.optimizer.param_groups[0]["lr"]
                     self.scheduler.step()
                     self.step += 1
-                    seen += images.shape[0] * self.dist.world_size
+                    seen += self.task.batch_size(inputs) * self.dist.world_size
                     if not stepped:
                         self.skipped += 1
                         if self.dist.is_main:
@@ -386,8 +358,15 @@ class Trainer:
                     if self.step % self.cfg.train.log_every == 0 or self.step == stop_at:
                         self.check_finite()
                         speed = self.images_per_second(seen, tick)
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-                        self._log_scalars({"train/loss": loss, "train/lr": lr, "train/images_per_s": speed})
+                        terms = {"loss": loss, **result.terms}
+                        bar.set_postfix(
+                            {**{_short(k): f"{v:.4f}" for k, v in terms.items()},
+                             "lr": f"{lr:.2e}", "img_s": f"{speed:.1f}"}
+                        )  # fmt: skip
+                        self._log_scalars(
+                            {**{f"train/{k}": v for k, v in terms.items()},
+                             "train/lr": lr, "train/images_per_s": speed}
+                        )  # fmt: skip
                     bar.update(1)
                     end_of_epoch = self.step % self.iters_per_epoch == 0
                     if self._should_eval(end_of_epoch) and self.cfg.train.iters is not None:
@@ -414,7 +393,7 @@ class Trainer:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, self.step)
 
-    def validate(self) -> Scores:
+    def validate(self) -> Report:
         """Evaluate on the validation split, log, write pictures, keep the best checkpoint."""
         started = time.perf_counter()
         try:
@@ -422,51 +401,67 @@ class Trainer:
         finally:
             self.eval_seconds = getattr(self, "eval_seconds", 0.0) + time.perf_counter() - started
 
-    def _validate(self) -> Scores:
-        matrix = evaluate(
-            self.net, self._val_loader(), self.num_classes, self.device,
-            amp=self.amp, channels_last=self.cfg.train.channels_last,
-        )  # fmt: skip
-        scores = matrix.compute()
+    def _validate(self) -> Report:
+        report = self.evaluator().run(
+            self.net, self.device, amp=self.amp, channels_last=self.cfg.train.channels_last
+        ).report
         if not self.dist.is_main:
-            return scores
-        record = {"step": self.step, "epoch": self.step / self.iters_per_epoch, **scores.as_dict()}
+            return report
+        record = {"step": self.step, "epoch": self.step / self.iters_per_epoch, **report.as_dict()}
+        # The training loss terms, averaged since the previous evaluation, beside the scores.
+        record["train"] = self._losses.pop() if hasattr(self, "_losses") else {}
         self.history.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        self._log_scalars(
-            {"val/mIoU": scores.mean_iou, "val/pixel_accuracy": scores.pixel_accuracy,
-             "val/mean_accuracy": scores.mean_accuracy, "val/fwIoU": scores.fw_iou}
-        )  # fmt: skip
+        self._log_scalars({f"val/{k}": v for k, v in report.scalars().items()})
         grid = self.prediction_picture()
         save_png(grid, self.run_dir / "predictions.png")
         if self.writer is not None:
             self.writer.add_image("val/predictions", grid, self.step, dataformats="HWC")
-        tqdm.write(f"step {self.step}: val mIoU {100 * scores.mean_iou:.2f}")
-        if scores.mean_iou > self.best_score:
-            self.best_score = scores.mean_iou
+        summary = ", ".join(f"{k} {100 * v:.2f}" for k, v in list(report.scalars().items())[:1])
+        tqdm.write(f"step {self.step}: val {summary}")
+        if report.score > self.best_score:
+            self.best_score = report.score
             self.save("best.pt")
         self.save("last.pt")
-        return scores
+        return report
 
     @torch.no_grad()
     def prediction_picture(self) -> np.ndarray:
-        """image | ground truth | prediction for ``vis_samples`` validation images spread evenly over
-        the split (consecutive frames of a video dataset look alike), with a legend of the classes."""
+        """The task's picture of ``vis_samples`` validation images spread evenly over the split
+        (consecutive frames of a video dataset look alike)."""
         model = unwrap(self.net)
         was_training = model.training
         model.eval()
-        images, targets, predictions = [], [], []
-        for i in spread_indices(len(self.val_set), self.cfg.train.vis_samples):
-            image, target = self.eval_transforms(*self.val_set[i])
-            logits = model(image[None].to(self.device))
-            # A valid-padding model predicts the centre only: show the same window of each.
-            image, target = match_target(logits, image), match_target(logits, target)
-            images.append(denormalise(image, self.cfg.data.mean, self.cfg.data.std))
-            predictions.append(logits.argmax(1)[0].cpu())
-            targets.append(target)
-        model.train(was_training)
-        return prediction_grid(images, targets, predictions, self.train_set.palette, classes=self.classes)
+        try:
+            indices = spread_indices(len(self.val_set), self.cfg.train.vis_samples)
+            return self.task.picture(model, self.val_set, indices, self.device)
+        finally:
+            model.train(was_training)
+
+
+class RunningMeans:
+    """Means of named training values since the last :meth:`pop` (non-finite values left out)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            if math.isfinite(value):
+                self.sums[key] = self.sums.get(key, 0.0) + value
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+def _short(term: str) -> str:
+    """A loss term's name for the progress bar: ``loss_classifier`` -> ``classifier``."""
+    return term.removeprefix("loss_") if term != "loss" else term
 
 
 def spread_indices(size: int, count: int) -> list[int]:
