@@ -503,3 +503,10 @@ def test_dataset_applies_its_transforms(voc_root):
     image, target = dataset[0]
     assert image.shape == (3, 4, 6) and image.dtype == torch.float32
     assert target["masks"].shape[-2:] == (4, 6)
+
+
+def test_datasets_check_counts_an_unknown_category_as_a_problem(tmp_path):
+    write_coco(tmp_path, annotations=[_ann(5, 2, 999, _polygon(0, 0, 2, 2), [0, 0, 2, 2], 4.0)])
+    report = check_dataset("coco_instances", tmp_path, "val", workers=1)
+    assert report.exit_code == 1 and report.problems["unreadable_label"].count == 1
+    assert "category_id 999" in report.problems["unreadable_label"].examples[0]

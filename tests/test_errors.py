@@ -126,6 +126,13 @@ def _camvid_empty(folder: Path) -> Path:
     return root
 
 
+def _coco_without_annotation_file(folder: Path) -> Path:
+    root = folder / "coco"
+    (root / "val2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    return root
+
+
 CASES = [
     # -- configuration
     Case(
@@ -420,6 +427,19 @@ CASES = [
             "all",
         ],
         "JPEG",
+    ),
+    Case(
+        "dataset-coco-instances-no-annotations",
+        "dataset",
+        lambda f, c: [
+            "datasets",
+            "check",
+            "coco_instances",
+            str(_coco_without_annotation_file(f)),
+            "--split",
+            "val",
+        ],
+        "instances_val2017.json does not exist; unpack annotations_trainval2017.zip",
     ),
     Case(
         "train-dataset-root-missing",
