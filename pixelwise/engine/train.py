@@ -4,6 +4,11 @@ The loop is per iteration (schedules, logging, evaluation in iterations or epoch
 holds model, optimizer, scheduler, scaler, step, RNG states, best score and config, so ``resume``
 continues to the same parameters as an uninterrupted run. Under ``torchrun`` the model is wrapped in
 DistributedDataParallel, each rank reads its shard, metrics are all-reduced, and only rank 0 writes.
+
+What is learned comes from the run's :class:`~pixelwise.engine.task.Task` (batching, the step, the
+metric, the picture); validation is the same :class:`~pixelwise.engine.evaluate.Evaluator` that
+``pixelwise eval`` runs. The process group and device live in :mod:`~pixelwise.engine.distributed`,
+the run folder and stop signals in :mod:`~pixelwise.engine.rundir`.
 """
 
 from __future__ import annotations
