@@ -510,3 +510,21 @@ def test_datasets_check_counts_an_unknown_category_as_a_problem(tmp_path):
     report = check_dataset("coco_instances", tmp_path, "val", workers=1)
     assert report.exit_code == 1 and report.problems["unreadable_label"].count == 1
     assert "category_id 999" in report.problems["unreadable_label"].examples[0]
+
+
+def test_coco_ground_truth_from_annotations_equals_the_one_from_targets(tmp_path):
+    from pixelwise.data.instances import InstanceDataset
+
+    annotations = [
+        _ann(11, 1, PERSON, _polygon(1, 1, 4, 3), [1.25, 1.5, 2.7, 1.5], 5.3),
+        _ann(12, 1, CAR, _compressed_rle(slice(2, 4), slice(3, 6)), [3, 2, 3, 2], 6.0),
+        _ann(13, 1, PERSON, {"size": [H, W], "counts": [5, 1] * W}, [0, 5, 8, 1], 8.0, 1),
+        _ann(14, 2, DOG, _polygon(6, 0, 9, 3), [6.5, 0, 3.5, 3], 6.0),  # box past the border
+        _ann(15, 2, DOG, _polygon(0, 0, 1, 1), [2, 2, 0, 1], 0.0),  # degenerate: left out
+    ]
+    write_coco(tmp_path, annotations=annotations)
+    dataset = build_dataset("coco_instances", tmp_path, split="val")
+    fast = dataset.coco_ground_truth()
+    assert fast == InstanceDataset.coco_ground_truth(dataset)
+    assert [a["bbox"] for a in fast["annotations"]][-1] == [6.5, 0.0, 1.5, 3.0]
+    assert len(fast["annotations"]) == 4 and len(fast["images"]) == 3

@@ -39,6 +39,7 @@ import io
 import json
 import numbers
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -462,3 +463,48 @@ class COCOInstances(InstanceDataset, COCO):
             boxes=boxes,
             area=np.array([float(ann.get("area", 0.0)) for ann, _, _ in found], dtype=np.float32),
         )
+
+    def coco_ground_truth(self, indices: Sequence[int] | None = None) -> dict[str, Any]:
+        """As :meth:`InstanceDataset.coco_ground_truth`, straight from the annotations.
+
+        Polygons and uncompressed RLE are turned into compressed RLE without painting a mask,
+        which makes the 5,000 images of val2017 a matter of seconds; the result is the same
+        document (boxes clamped, degenerate ones left out, as in the targets).
+        """
+        coco = self.coco
+        images, annotations = [], []
+        for index in range(len(self)) if indices is None else indices:
+            image_id = self.image_id(index)
+            info = coco.imgs[image_id]
+            height, width = int(info["height"]), int(info["width"])
+            images.append({"id": image_id, "height": height, "width": width})
+            for ann, cls in self._kept_annotations(image_id):
+                # float32 as in the targets, so that both ways give the same numbers
+                x, y, w, h = np.asarray(ann["bbox"], dtype=np.float32)
+                x1, x2 = (float(v) for v in np.clip([x, x + w], 0, width).astype(np.float32))
+                y1, y2 = (float(v) for v in np.clip([y, y + h], 0, height).astype(np.float32))
+                if not (x2 > x1 and y2 > y1):
+                    continue
+                try:
+                    with warnings.catch_warnings():  # pycocotools' numpy-2 deprecation, not ours
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        rle = dict(coco.annToRLE(ann))
+                except Exception as error:  # noqa: BLE001 - pycocotools' C code raises many types
+                    raise PixelwiseError(
+                        f"{self.annotation_file}: annotation {ann.get('id')} of image {image_id} "
+                        f"has an undecodable segmentation ({error_text(error)}); fix or remove it."
+                    ) from None
+                if isinstance(rle["counts"], bytes):
+                    rle["counts"] = rle["counts"].decode("ascii")
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": int(self.category_ids[cls]),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": float(np.float32(ann.get("area", 0.0))),
+                        "iscrowd": int(ann.get("iscrowd", 0)),
+                        "segmentation": {"size": [height, width], "counts": rle["counts"]},
+                    }
+                )
+        return {"images": images, "annotations": annotations, "categories": self.categories()}
