@@ -349,11 +349,12 @@ def cmd_datasets(args) -> int:
                 file=sys.stderr,
             )
         return report.exit_code
-    print(f"{'name':<12} {'classes':>7}  {'splits':<52} options")
+    print(f"{'name':<20} {'task':<8} {'classes':>7}  {'splits':<52} options")
     for name in list_datasets():
         cls = dataset_class(name)
         count = str(len(cls.classes)) if cls.classes else "yours"
-        print(f"{name:<12} {count:>7}  {', '.join(cls.splits):<52} {', '.join(_options(cls)) or '-'}")
+        splits, options = ", ".join(cls.splits), ", ".join(_options(cls)) or "-"
+        print(f"{name:<20} {cls.task:<8} {count:>7}  {splits:<52} {options}")
     return 0
 
 
