@@ -528,3 +528,15 @@ def test_coco_ground_truth_from_annotations_equals_the_one_from_targets(tmp_path
     assert fast == InstanceDataset.coco_ground_truth(dataset)
     assert [a["bbox"] for a in fast["annotations"]][-1] == [6.5, 0.0, 1.5, 3.0]
     assert len(fast["annotations"]) == 4 and len(fast["images"]) == 3
+
+
+def test_datasets_check_on_cityscapes_and_voc_instances(cityscapes_root, voc_root):
+    city = check_dataset("cityscapes_instances", cityscapes_root, "val", workers=1)
+    assert city.exit_code == 0 and city.samples == 2
+    assert city.class_pixels[1] == 15 and city.class_pixels[3] == 15
+    assert city.ignore_pixels == 12  # the bicycle group and the caravan
+    voc = check_dataset("voc_instances", voc_root, "val", workers=1)
+    assert voc.exit_code == 0 and voc.samples == 2
+    # every pixel of an object gets the object's class, the stray dog pixel too
+    assert voc.class_pixels[15] == 12 and voc.class_pixels[7] == 15 and voc.class_pixels[12] == 0
+    assert voc.ignore_pixels == 6
