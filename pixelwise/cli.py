@@ -308,15 +308,19 @@ def cmd_models(args) -> int:
     from pixelwise.models import build_model, list_models, model_info
     from pixelwise.models.complexity import count_flops, count_parameters
 
-    header = f"{'name':<16} {'year':>4} {'params':>12}"
+    header = f"{'name':<24} {'task':<8} {'year':>4} {'params':>12}"
     header += f" {'GFLOPs':>9} {'at HxW':>9}" if args.flops else ""
     print(header + "  paper")
     for name in list_models():
         info = model_info(name)
         with torch.device("meta"):  # counts need shapes only: nothing is allocated or computed
             model = build_model(name, info.num_classes, **_paper_kwargs(info))
-        line = f"{name:<16} {info.year:>4} {count_parameters(model):>12,}"
-        if args.flops:
+        line = f"{name:<24} {info.task:<8} {info.year:>4} {count_parameters(model):>12,}"
+        if args.flops and info.task == "instance":
+            # A detector's cost depends on how many proposals and detections an image yields
+            # (and NMS cannot run on the meta device): see docs/models.md.
+            line += f" {'-':>9} {'-':<9}"
+        elif args.flops:
             gflops = count_flops(model, info.input_size, info.in_channels) / 1e9
             line += f" {gflops:>9.1f} {info.input_size[0]}x{info.input_size[1]:<5}"
         print(f"{line}  {info.paper}")
