@@ -324,6 +324,9 @@ def cmd_models(args) -> int:
             gflops = count_flops(model, info.input_size, info.in_channels) / 1e9
             line += f" {gflops:>9.1f} {info.input_size[0]}x{info.input_size[1]:<5}"
         print(f"{line}  {info.paper}")
+        if hasattr(model, "parts"):  # a GAN: what each player holds (GAN-SS: D and G)
+            shares = (f"{part} {count_parameters(m):,}" for part, m in model.parts().items())
+            print(f"    = {', '.join(shares)}")
     print("params: learnable parameters at the paper's class count; GFLOPs = 2 x multiply-adds.")
     return 0
 

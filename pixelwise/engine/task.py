@@ -123,6 +123,7 @@ TASKS: Registry[type[Task]] = Registry("task")
 TASK_MODULES: dict[str, str] = {
     "semantic": __name__,
     "instance": "pixelwise.engine.instance",
+    "gan_ss": "pixelwise.engine.gan_task",
 }
 
 
