@@ -234,3 +234,25 @@ def test_every_rank_computes_the_same_subset(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"SAME {fraction_subset(40, 0.3, seed=5)}" in result.stdout
+
+
+# -- in the trainer --------------------------------------------------------------------------------
+def test_trainer_trains_a_supervised_network_on_the_labelled_subset_and_resumes_with_it(
+    tmp_path, one_thread
+):
+    from pixelwise.engine.train import Trainer
+    from tests.test_engine import tiny_config
+
+    raw = tiny_config(tmp_path / "runs", iters=2, eval_every=2, seed=3)
+    raw["data"].update(labeled_fraction=0.5, batch_size=2)
+    raw["data"]["val_options"] = {"num_samples": 2}
+    cfg = config_from_dict(raw)
+    trainer = Trainer(cfg, progress=False)
+    expected = fraction_subset(12, 0.5, seed=3)
+    assert isinstance(trainer.train_set, LabeledSubset) and trainer.train_set.indices == expected
+    assert trainer.iters_per_epoch == 3  # 6 labelled samples in batches of 2, not 12
+    trainer.fit(max_steps=1)
+    last = trainer.save("last.pt")
+    torch.manual_seed(12345)  # the global RNG a resume restores plays no part
+    resumed = Trainer(cfg, resume=last, progress=False)
+    assert resumed.train_set.indices == expected and resumed.step == 1

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.config import Config
+from pixelwise.data.subset import apply_labeled_subset
 from pixelwise.data.transforms import build_eval_transforms, build_train_transforms
 from pixelwise.engine.checkpoint import all_finite
 from pixelwise.engine.inference import predict_probs
@@ -175,6 +176,16 @@ class Task:
         self.criterion: nn.Module | None = None
 
     # -- data ----------------------------------------------------------------------------------
+    def train_dataset(self, dataset: Any) -> Any:
+        """The training split as this task learns from it.
+
+        Under ``data.labeled_fraction`` / ``data.labeled_list`` a fully supervised network trains
+        on the labelled samples alone (an unlabelled image carries no signal for it); a
+        semi-supervised task overrides this to keep the unlabelled images
+        (:func:`~pixelwise.data.subset.apply_labeled_subset` with ``keep_unlabeled=True``).
+        """
+        return apply_labeled_subset(dataset, self.cfg)
+
     def train_transforms(self) -> Callable:
         d = self.cfg.data
         return build_train_transforms(

@@ -127,6 +127,8 @@ class Trainer:
             )
         d = config.data
         self.task = task_for(config, self.num_classes, self.classes, self.train_set.palette)
+        # The labelled subset (data.labeled_fraction / labeled_list), as the task learns from it.
+        self.train_set = self.task.train_dataset(self.train_set)
         self.train_transforms = self.task.train_transforms()
         self.eval_transforms = self.task.eval_transforms()
 
