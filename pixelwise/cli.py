@@ -57,6 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the networks (name, paper, year, parameters)")
     models.add_argument("--flops", action="store_true", help="add GFLOPs at the paper's input size")
 
+    bench = sub.add_parser(
+        "bench", help="parameters, GFLOPs, latency, training speed and peak memory of networks"
+    )
+    bench.add_argument("--models", required=True, help="comma-separated, e.g. enet,linknet")
+    bench.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    bench.add_argument("--batch", type=int, default=4, help="batch of latency 2 and of training")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    bench.add_argument("--amp", action="store_true", help="autocast: bf16 (native CPUs) or fp16")
+    bench.add_argument("--channels-last", action="store_true")
+    bench.add_argument("--compile", action="store_true", help="torch.compile each network")
+    bench.add_argument("--classes", type=int, help="output classes (default: each paper's)")
+    bench.add_argument("--runs", type=int, default=5, help="timed calls per figure (median)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed calls first")
+    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.add_argument(
+        "overrides", nargs="*", metavar="network.option=value",
+        help="a network's build option, e.g. unet.padding=same",
+    )  # fmt: skip
+
     datasets = sub.add_parser("datasets", help="list datasets, or check one on disk")
     dsub = datasets.add_subparsers(dest="action", metavar="ACTION")
     check = dsub.add_parser("check", help="walk a dataset and report problems and the class histogram")
@@ -335,6 +354,44 @@ def _paper_kwargs(info) -> dict:
     return {"in_channels": info.in_channels} if info.in_channels != 3 else {}
 
 
+def cmd_bench(args) -> int:
+    from pixelwise.bench import (
+        BenchSettings,
+        bench_models,
+        bench_report,
+        format_table,
+        write_report,
+    )
+    from pixelwise.config import apply_overrides
+
+    options: dict = {}
+    apply_overrides(options, args.overrides, "bench")
+    for key, value in options.items():
+        if not isinstance(value, dict):
+            raise PixelwiseError(
+                f"Option {key}={value} names no network; write network.option=value, "
+                "e.g. unet.padding=same."
+            )
+    json_path = _output_file(Path(args.json), "--json", "bench.json") if args.json else None
+    settings = BenchSettings(
+        size=(args.size[0], args.size[1]), batch=args.batch, device=args.device, amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile, num_classes=args.classes,
+        warmup=args.warmup, runs=args.runs, model_options=options,
+    )  # fmt: skip
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    results = bench_models(names, settings)
+    print(format_table(results, settings))
+    if json_path is not None:
+        command = "pixelwise " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
+        write_report(json_path, bench_report(results, settings, command))
+        print(f"wrote {json_path}")
+    failed = [r.model for r in results if r.error is not None]
+    if failed:
+        print(f"error: {', '.join(failed)} could not be measured; see the table.", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from pixelwise.data import dataset_class, list_datasets
 
@@ -382,6 +439,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "models": cmd_models,
+    "bench": cmd_bench,
     "datasets": cmd_datasets,
 }
 
