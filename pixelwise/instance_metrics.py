@@ -34,6 +34,7 @@ __all__ = [
     "CocoEvaluator",
     "detections_to_coco_results",
     "encode_masks",
+    "paint_ground_truth",
     "paint_instances",
 ]
 
@@ -61,23 +62,45 @@ def paint_instances(
         score_threshold: detections scoring below it are left out.
         mask_threshold: a pixel belongs to an instance where its mask is ``>=`` this.
 
-    A pixel covered by several instances takes the label of the highest-scoring one (the first of
-    them on a tie). One pass over an NxHxW tensor, no per-pixel Python.
+    A pixel covered by several instances takes the label of the highest-scoring one (of equal
+    scores, the later detection). Instances are painted from the lowest score up, each one a
+    whole-mask tensor operation: a loop over the (at most a few hundred) instances, never over
+    pixels, and no NxHxW temporary beside the masks.
     """
     if masks.dim() == 4:
         masks = masks[:, 0]
     height, width = int(size[0]), int(size[1])
+    painted = torch.zeros(height, width, dtype=torch.int64, device=masks.device)
     keep = scores >= score_threshold
-    masks, labels, scores = masks[keep], labels[keep], scores[keep]
-    if masks.shape[0] == 0:
-        return torch.zeros(height, width, dtype=torch.int64, device=masks.device)
-    inside = masks >= mask_threshold
-    claim = torch.where(
-        inside, scores.to(torch.float32)[:, None, None], torch.tensor(-1.0, device=masks.device)
-    )
-    winner = claim.argmax(dim=0)
-    painted = labels.to(torch.int64)[winner]
-    return torch.where(inside.any(dim=0), painted, torch.zeros_like(painted))
+    masks, labels, scores = masks[keep], labels[keep].to(torch.int64), scores[keep]
+    for k in torch.argsort(scores, stable=True).tolist():
+        painted.masked_fill_(masks[k] >= mask_threshold, labels[k])
+    return painted
+
+
+def paint_ground_truth(
+    masks: Tensor,
+    labels: Tensor,
+    iscrowd: Tensor | None,
+    *,
+    ignore_index: int = 255,
+) -> Tensor:
+    """A target's instances as the HxW int64 semantic ground truth the painted predictions meet.
+
+    Background 0, instance label l -> class l; crowd regions and pixels claimed by two different
+    classes are ``ignore_index`` (as the instance datasets paint their ``load_mask``).
+    """
+    masks = masks.bool()
+    semantic = torch.zeros(masks.shape[-2:], dtype=torch.int64, device=masks.device)
+    ignored = torch.zeros(masks.shape[-2:], dtype=torch.bool, device=masks.device)
+    crowd = iscrowd.tolist() if iscrowd is not None else [0] * len(labels)
+    for mask, label, is_crowd in zip(masks, labels.tolist(), crowd, strict=True):
+        if is_crowd:
+            ignored |= mask
+            continue
+        ignored |= mask & (semantic != 0) & (semantic != label)
+        semantic.masked_fill_(mask & (semantic == 0), label)
+    return semantic.masked_fill_(ignored, ignore_index)
 
 
 def encode_masks(masks: Tensor | np.ndarray) -> list[dict[str, Any]]:

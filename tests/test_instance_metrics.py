@@ -13,6 +13,7 @@ from pixelwise.instance_metrics import (
     COCO_METRICS,
     CocoEvaluator,
     detections_to_coco_results,
+    paint_ground_truth,
     paint_instances,
 )
 
@@ -57,6 +58,18 @@ def test_no_detections_paint_background_at_the_given_size():
         torch.zeros(0, 1, 4, 5), torch.zeros(0, dtype=torch.long), torch.zeros(0), (4, 5)
     )
     assert empty.shape == (4, 5) and empty.dtype == torch.int64 and empty.sum() == 0
+
+
+def test_ground_truth_paints_crowds_and_class_conflicts_as_ignore():
+    a, b, c = square((8, 8), 0, 0, 4), square((8, 8), 2, 2, 4), square((8, 8), 6, 6, 2)
+    d = square((8, 8), 0, 0, 2)  # same class as a, inside it: no conflict
+    masks = torch.stack([a, b, c, d]).to(torch.uint8)
+    painted = paint_ground_truth(masks, torch.tensor([1, 2, 1, 1]), torch.tensor([0, 0, 1, 0]))
+    assert painted.dtype == torch.int64
+    assert painted[0, 0] == 1 and painted[1, 3] == 1 and painted[5, 5] == 2
+    assert (painted[2:4, 2:4] == 255).all()  # classes 1 and 2 overlap
+    assert (painted[6:, 6:] == 255).all()  # the crowd
+    assert painted[0, 7] == 0
 
 
 # -- COCO evaluation ----------------------------------------------------------------------------
