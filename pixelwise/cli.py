@@ -46,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_tta(ev)
     ev.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix picture")
     ev.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    ev.add_argument(
+        "--out", metavar="DIR",
+        help="where this evaluation's folder goes (default: the checkpoint's folder): a new "
+        "eval-<split>[-N]/ each time, with eval.json, per_class.csv, confusion.png and overlays",
+    )  # fmt: skip
+    ev.add_argument(
+        "--save-label-ids", metavar="DIR",
+        help="Cityscapes: also write each prediction as <image>_labelIds.png (official label ids, "
+        "full size) for cityscapesscripts' evaluation",
+    )  # fmt: skip
 
     pr = sub.add_parser("predict", help="segment images with a checkpoint")
     pr.add_argument("--checkpoint", required=True)
@@ -223,7 +233,12 @@ def _tta(args):
 
 
 def cmd_eval(args) -> int:
-    from pixelwise.engine.evaluate import Evaluator, task_of
+    from pixelwise.engine.eval_outputs import (
+        check_label_ids_dataset,
+        evaluate_loaded,
+        json_safe,
+        write_eval_outputs,
+    )
     from pixelwise.engine.model_io import load_model
     from pixelwise.viz import plot_confusion
 
@@ -235,8 +250,12 @@ def cmd_eval(args) -> int:
         if name:
             _output_file(Path(name), flag, example)
     loaded = load_model(args.checkpoint, args.device)
-    evaluator = Evaluator(loaded.config, task_of(loaded), split=args.split, root=args.root, tta=tta)
-    result = evaluator.run(loaded.model, loaded.device)
+    out = _output_folder(Path(args.out) if args.out else Path(args.checkpoint).parent, "--out")
+    label_ids = None
+    if args.save_label_ids:
+        check_label_ids_dataset(loaded.config.data.dataset)
+        label_ids = _output_folder(Path(args.save_label_ids), "--save-label-ids")
+    result = evaluate_loaded(loaded, split=args.split, root=args.root, tta=tta, label_ids=label_ids)
     print(
         f"{loaded.meta['model']} on {loaded.config.data.dataset} {result.split} "
         f"({len(result.dataset)} images)"
@@ -245,7 +264,11 @@ def cmd_eval(args) -> int:
     if args.confusion and hasattr(result.metric, "matrix"):
         plot_confusion(result.metric.matrix, loaded.classes, Path(args.confusion))
     if args.json:
-        Path(args.json).write_text(json.dumps(result.report.as_dict(), indent=2))
+        Path(args.json).write_text(json.dumps(json_safe(result.report.as_dict()), indent=2))
+    folder = write_eval_outputs(result, loaded, out, tta=tta, label_ids=label_ids)
+    print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+    if label_ids is not None:
+        print(f"wrote {len(result.dataset)} labelIds files into {label_ids}")
     return 0
 
 
@@ -254,7 +277,7 @@ def cmd_predict(args) -> int:
     from pixelwise.engine.evaluate import predict_image, task_of
     from pixelwise.engine.model_io import load_model
     from pixelwise.models.layers import center_crop
-    from pixelwise.viz import overlay, save_label_png, save_png
+    from pixelwise.viz import overlay, save_label_png, save_png, with_legend
 
     tta = _tta(args)
     images = [Path(name) for name in args.images]
@@ -282,7 +305,8 @@ def cmd_predict(args) -> int:
         save_label_png(label, loaded.palette, label_path)
         # A valid-padding model predicts the centre only: overlay that window of the image.
         rgb = center_crop(image, tuple(label.shape)).permute(1, 2, 0).numpy()
-        save_png(overlay(rgb, label, loaded.palette), overlay_path)
+        picture = overlay(rgb, label, loaded.palette)
+        save_png(with_legend(picture, loaded.classes, loaded.palette), overlay_path)
         print(f"{path} -> {label_path}, {overlay_path}")
     return 0
 

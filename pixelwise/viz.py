@@ -77,10 +77,25 @@ def prediction_grid(
     column = (width - 2 * gap) // 3
     header = _titles(["image", "ground truth", "prediction"], column + gap, width)
     grid = np.concatenate([header, *padded], axis=0)[:-gap]
-    if classes is None:
-        return grid
+    return grid if classes is None else with_legend(grid, classes, palette, gap=gap, min_width=0)
+
+
+def with_legend(
+    picture: np.ndarray,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    gap: int = 4,
+    min_width: int = 192,
+) -> np.ndarray:
+    """``picture`` (H×W×3 uint8) with a legend of the class colours and names below it.
+
+    A picture narrower than ``min_width`` is padded with white on the right first, so that the
+    names of a small image's legend are not cut off.
+    """
+    width = max(picture.shape[1], min_width)
+    picture = np.pad(picture, ((0, 0), (0, width - picture.shape[1]), (0, 0)), constant_values=255)
     spacer = np.full((gap, width, 3), 255, dtype=np.uint8)
-    return np.concatenate([grid, spacer, legend(classes, palette, width)], axis=0)
+    return np.concatenate([picture, spacer, legend(classes, palette, width)], axis=0)
 
 
 def legend(
@@ -148,7 +163,8 @@ def plot_confusion(matrix: Tensor, classes: Sequence[str], path: Path) -> None:
     m = (m / m.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
     size = max(4, 0.4 * len(classes))
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    shown = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
     ax.set_xticks(range(len(classes)), classes, rotation=90)
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("prediction")

@@ -266,6 +266,18 @@ CASES = [
         lambda f, c: ["eval", "--checkpoint", str(c), "--json", str(f)],
         "is a folder; give a file name",
     ),
+    Case(
+        "eval-out-under-a-file",
+        "run folder",
+        lambda f, c: ["eval", "--checkpoint", str(c), "--out", str(_text(f / "file", "x") / "o")],
+        "cannot be created",
+    ),
+    Case(
+        "eval-label-ids-not-cityscapes",
+        "run folder",
+        lambda f, c: ["eval", "--checkpoint", str(c), "--save-label-ids", str(f / "ids")],
+        "--save-label-ids writes Cityscapes labelIds files",
+    ),
     # -- checkpoints
     Case(
         "checkpoint-missing",

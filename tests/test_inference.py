@@ -98,3 +98,34 @@ def test_a_16_bit_image_is_scaled_not_clipped(tmp_path):
     image = read_image(tmp_path / "deep.png")
     assert image.dtype == torch.uint8 and image.shape == (3, 1, 4)
     assert image[0, 0].tolist() == [0, 1, 128, 255] and torch.equal(image[0], image[2])
+
+
+def spatial_model() -> nn.Module:
+    """3x3 convolutions with zero padding: each pixel's answer depends on its neighbours and on
+    where the borders are, so a window that is not the whole image would change it."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)
+    ).eval()
+
+
+@pytest.mark.parametrize("stride", [(32, 48), (8, 12)])
+def test_sliding_window_over_an_input_of_one_tile_is_the_whole_image_prediction_exactly(stride):
+    model = spatial_model()
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        whole = model(x).softmax(1)
+    windowed = predict_probs(model, x, crop=(32, 48), stride=stride)
+    assert torch.equal(windowed, whole)
+
+
+def test_flip_tta_is_a_no_op_on_a_flip_equivariant_model():
+    model = spatial_model()
+    with torch.no_grad():  # mirror-symmetric kernels: model(flip(x)) == flip(model(x))
+        for conv in (model[0], model[2]):
+            conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)
+    x = torch.randn(1, 3, 24, 40)
+    plain = predict_probs(model, x)
+    assert torch.allclose(predict_probs(model, x, flip=True), plain, atol=1e-6, rtol=0)
+    # Not vacuous: the model is not flip-invariant, so a flip left undone would show.
+    assert not torch.allclose(predict_probs(model, x.flip(-1)), plain, atol=1e-3)
