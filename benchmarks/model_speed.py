@@ -8,6 +8,10 @@ For each model and device (CPU, and CUDA when available) and each combination of
 - training throughput: batch 4, train mode, forward + cross-entropy + backward + SGD step; the
   batch size divided by the median step time, in images per second.
 
+The timing is pixelwise.bench's (``time_inference``, ``time_training``: what ``pixelwise bench``
+reports); this script adds the grid of devices x AMP x channels_last, with AMP used as asked even
+where the engine would not use it (bf16 on an AVX2-only CPU), to show what it costs.
+
 Prints a table and writes JSON with the machine (platform, CPU model, cores), torch version, thread
 count, input size, batches and device. Timings on a shared machine are noisy; compare runs taken on
 the same machine under the same load only.
@@ -22,19 +26,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from machine import machine_info
 from torch import nn
 
+from pixelwise.bench import BenchSettings, prepare_model, time_inference, time_training
 from pixelwise.models import build_model, list_models, model_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "model_speed.json"
@@ -57,90 +58,32 @@ class Measurement:
     error: str | None = None
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on CPU (float16 has poor CPU kernels), float16 on CUDA."""
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
-
-
-def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, runs: int) -> float:
-    """Median wall time of ``step`` over ``runs`` calls after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def prepare(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def time_inference(
-    model: nn.Module,
-    size: tuple[int, int],
-    device: torch.device,
-    *,
-    amp: bool,
-    cl: bool,
-    warmup: int,
-    runs: int,
-) -> float:
-    """Median seconds of one batch-1 forward in eval mode."""
-    model.eval()
-    x = torch.randn(INFERENCE_BATCH, 3, *size, device=device)
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-
-    def step() -> None:
-        with torch.inference_mode(), autocast(device, amp):
-            model(x)
-
-    return median_seconds(step, device, warmup, runs)
-
-
-def time_training(
-    model: nn.Module,
+def cell_seconds(
+    name: str,
     num_classes: int,
-    size: tuple[int, int],
     device: torch.device,
+    mode: str,
+    size: tuple[int, int],
     *,
     amp: bool,
     cl: bool,
     warmup: int,
     runs: int,
 ) -> float:
-    """Median seconds of one batch-4 SGD step (forward, loss, backward, update)."""
-    model.train()
-    # A small lr keeps the weights (and so the kernels' speed) from blowing up over the steps.
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    # GradScaler only where float16 gradients can underflow (CUDA); bfloat16 has float32's range.
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    x = torch.randn(TRAINING_BATCH, 3, *size, device=device)
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    target = torch.randint(0, num_classes, (TRAINING_BATCH, *size), device=device)
+    """Median seconds of one batch-1 forward (inference) or batch-4 SGD step (training), timed by
+    pixelwise.bench (what `pixelwise bench` reports); AMP is used as asked here, also where the
+    engine would not use it, to show what it costs."""
+    batch = INFERENCE_BATCH if mode == "inference" else TRAINING_BATCH
+    settings = BenchSettings(size=size, batch=batch, channels_last=cl, warmup=warmup, runs=runs)
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
-            loss = F.cross_entropy(model(x), target)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    def fresh() -> nn.Module:
+        return build_model(name, num_classes)
 
-    return median_seconds(step, device, warmup, runs)
+    if mode == "training":
+        seconds, _peak = time_training(fresh, num_classes, device, amp, settings)
+        return seconds
+    model = prepare_model(fresh(), device, settings).eval()
+    return time_inference(model, batch, device, amp, settings)
 
 
 def combinations(amp: str, channels_last: str) -> Iterator[tuple[bool, bool]]:
@@ -170,21 +113,14 @@ def measure_model(
             torch.manual_seed(0)
             try:
                 # A fresh model per cell: training steps and memory format must not carry over.
-                model = prepare(build_model(name, num_classes), device, cl)
-                if mode == "inference":
-                    seconds = time_inference(
-                        model, size, device, amp=amp, cl=cl, warmup=warmup, runs=runs
-                    )
-                else:
-                    seconds = time_training(
-                        model, num_classes, size, device, amp=amp, cl=cl, warmup=warmup, runs=runs
-                    )
+                seconds = cell_seconds(
+                    name, num_classes, device, mode, size, amp=amp, cl=cl, warmup=warmup, runs=runs
+                )
                 row.median_ms = seconds * 1e3
                 row.images_per_s = batch / seconds
             except (RuntimeError, NotImplementedError) as error:  # e.g. an op without a bf16 kernel
                 row.error = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             finally:
-                model = None
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             results.append(row)

@@ -204,13 +204,13 @@ def bench_model(
     try:
         result.gflops = gflops if gflops is not None else _gflops(name, settings, model=model)
         del template
-        inference = _prepare(fresh(), device, settings).eval()
-        result.latency_ms = 1e3 * _time_inference(inference, 1, device, amp, settings)
-        result.latency_batch_ms = 1e3 * _time_inference(
+        inference = prepare_model(fresh(), device, settings).eval()
+        result.latency_ms = 1e3 * time_inference(inference, 1, device, amp, settings)
+        result.latency_batch_ms = 1e3 * time_inference(
             inference, settings.batch, device, amp, settings
         )
         del inference
-        seconds, peak = _time_training(fresh, num_classes, device, amp, settings)
+        seconds, peak = time_training(fresh, num_classes, device, amp, settings)
         result.train_images_per_s = settings.batch / seconds
         result.peak_memory_mb = None if peak is None else peak / 2**20
     except (RuntimeError, ValueError, NotImplementedError) as error:
@@ -239,7 +239,8 @@ def _in_channels(model: nn.Module) -> int:
     return 3
 
 
-def _prepare(model: nn.Module, device: torch.device, settings: BenchSettings) -> nn.Module:
+def prepare_model(model: nn.Module, device: torch.device, settings: BenchSettings) -> nn.Module:
+    """``model`` on ``device``, in channels_last and compiled where ``settings`` ask for it."""
     model = model.to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -248,12 +249,13 @@ def _prepare(model: nn.Module, device: torch.device, settings: BenchSettings) ->
     return model
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on the CPU (float16 has poor CPU kernels), float16 on CUDA."""
     dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -264,12 +266,12 @@ def median_seconds(
     """Median wall time of ``step`` over ``runs`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step()
-    _synchronize(device)
+    synchronize(device)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         step()
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -279,29 +281,42 @@ def _inputs(batch: int, model: nn.Module, device: torch.device, settings: BenchS
     return x.contiguous(memory_format=torch.channels_last) if settings.channels_last else x
 
 
-def _time_inference(
+def time_inference(
     model: nn.Module, batch: int, device: torch.device, amp: bool, settings: BenchSettings
 ) -> float:
+    """Median seconds of one forward of a random ``batch`` in ``torch.inference_mode``.
+
+    ``amp`` is used as given (a caller that wants the engine's choice passes
+    :func:`amp_in_effect`'s answer); the caller puts ``model`` in eval mode.
+    """
     x = _inputs(batch, model, device, settings)
 
     def step() -> None:
-        with torch.inference_mode(), _autocast(device, amp):
+        with torch.inference_mode(), autocast(device, amp):
             model(x)
 
     return median_seconds(step, device, settings.warmup, settings.runs)
 
 
-def _time_training(
+def time_training(
     fresh: Callable[[], nn.Module],
     num_classes: int,
     device: torch.device,
     amp: bool,
     settings: BenchSettings,
 ) -> tuple[float, int | None]:
-    """(median seconds of one SGD step at batch N, peak bytes of the training steps)."""
+    """Median seconds of one SGD step at ``settings.batch`` and the steps' peak memory in bytes.
+
+    Args:
+        fresh: builds the network to train (a new one: training changes its weights).
+        num_classes: range of the random targets.
+        device: where it runs.
+        amp: autocast, used as given (with a GradScaler on CUDA).
+        settings: size, batch, channels_last, compile, warm-up and runs.
+    """
     with _peak_memory(device) as peak:
         torch.manual_seed(0)
-        model = _prepare(fresh(), device, settings).train()
+        model = prepare_model(fresh(), device, settings).train()
         # A small learning rate keeps the weights (and so the kernels' speed) from blowing up.
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
@@ -311,7 +326,7 @@ def _time_training(
         def step() -> None:
             nonlocal target
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 logits = model(x)
                 if target is None:  # at the logits' size: a valid-padding U-Net predicts less
                     shape = (logits.shape[0], *logits.shape[-2:])

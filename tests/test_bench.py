@@ -142,8 +142,8 @@ def test_a_failure_while_measuring_is_a_row_and_exit_1(one_thread, capsys, monke
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
         return original(model, batch, *args)
 
-    original = bench._time_inference
-    monkeypatch.setattr(bench, "_time_inference", out_of_memory)
+    original = bench.time_inference
+    monkeypatch.setattr(bench, "time_inference", out_of_memory)
     # Two small U-Nets (the registry has one name; options tell them apart) are not possible in
     # one bench, so the failing one is told apart by its width: 4 channels fail, 8 run.
     argv = ["bench", "--models", "unet", "--size", "32", "32", "--runs", "1", "--warmup", "0"]
