@@ -128,8 +128,8 @@ def check_networks(names: Sequence[str], settings: BenchSettings) -> dict[str, f
         info = model_info(name)  # an unknown name raises, listing the registered ones
         if info.task != "semantic":
             raise PixelwiseError(
-                f"{name} is a {info.task!r} network, not a semantic one; pixelwise bench times "
-                "networks that return per-pixel logits, so leave it out of --models."
+                f"{name} is a network of task {info.task!r}, not 'semantic'; pixelwise bench "
+                "times networks that return per-pixel logits, so leave it out of --models."
             )
     stray = sorted(set(settings.model_options) - set(names))
     if stray:

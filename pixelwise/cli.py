@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--models", required=True, help="comma-separated, e.g. enet,linknet")
     bench.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
-    bench.add_argument("--batch", type=int, default=4, help="batch of latency 2 and of training")
+    bench.add_argument("--batch", type=int, default=4, help="N: the 2nd latency's and training's batch")
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--amp", action="store_true", help="autocast: bf16 (native CPUs) or fp16")
     bench.add_argument("--channels-last", action="store_true")
