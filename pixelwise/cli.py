@@ -86,6 +86,31 @@ def _parser() -> argparse.ArgumentParser:
         help="a network's build option, e.g. unet.padding=same",
     )  # fmt: skip
 
+    cmp = sub.add_parser(
+        "compare", help="train (or load) several networks under one setting; table, JSON, picture"
+    )
+    cmp.add_argument("--models", help="comma-separated networks to train, e.g. unet,enet,linknet")
+    cmp.add_argument("--checkpoints", help="comma-separated checkpoints to evaluate instead")
+    cmp.add_argument("--out", required=True, help="folder for comparison.md/.json/.png and run folders")
+    cmp.add_argument("--dataset", help="any registered dataset (default: the base config's, shapes)")
+    cmp.add_argument("--root", help="the dataset's folder")
+    budget = cmp.add_mutually_exclusive_group()
+    budget.add_argument("--iters", type=int, help="training iterations of every network")
+    budget.add_argument("--seconds", type=float, help="wall-clock seconds of training per network")
+    cmp.add_argument(
+        "--recipes", action="store_true",
+        help="train each network with configs/<model>_<dataset>.yaml where present",
+    )  # fmt: skip
+    cmp.add_argument("--config", help="shared base config (default: the demo's recipe)")
+    cmp.add_argument("--split", help="--checkpoints: the split (default: their val split)")
+    cmp.add_argument("--device", default="auto", help="--checkpoints: where to evaluate")
+    cmp.add_argument("--rows", type=int, default=4, help="validation images in comparison.png")
+    cmp.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="config overrides for every network (data.batch_size=8), or one network's build "
+        "option (unet.base_channels=16)",
+    )  # fmt: skip
+
     datasets = sub.add_parser("datasets", help="list datasets, or check one on disk")
     dsub = datasets.add_subparsers(dest="action", metavar="ACTION")
     check = dsub.add_parser("check", help="walk a dataset and report problems and the class histogram")
@@ -457,6 +482,28 @@ def _options(cls) -> list[str]:
     ]
 
 
+def cmd_compare(args) -> int:
+    from pixelwise.compare import CompareSettings, run_comparison, split_network_options
+    from pixelwise.models import list_models
+
+    overrides, options = split_network_options(args.overrides, list_models())
+    settings = CompareSettings(
+        models=_names(args.models), checkpoints=_names(args.checkpoints), dataset=args.dataset,
+        root=args.root, iters=args.iters, seconds=args.seconds, recipes=args.recipes,
+        config=args.config, overrides=overrides, model_options=options, split=args.split,
+        device=args.device, rows=args.rows,
+    )  # fmt: skip
+    comparison = run_comparison(settings, args.out)
+    print((Path(args.out) / "comparison.md").read_text().split("\n\n## ")[0])
+    print(f"wrote {Path(args.out) / 'comparison.md'}, comparison.json, comparison.png "
+          f"in {comparison.wall_seconds:.0f} s")  # fmt: skip
+    return 0
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else []
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
@@ -465,6 +512,7 @@ COMMANDS = {
     "models": cmd_models,
     "bench": cmd_bench,
     "datasets": cmd_datasets,
+    "compare": cmd_compare,
 }
 
 if __name__ == "__main__":

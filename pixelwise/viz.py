@@ -98,6 +98,45 @@ def with_legend(
     return np.concatenate([picture, spacer, legend(classes, palette, width)], axis=0)
 
 
+def comparison_grid(
+    images: Sequence[np.ndarray],
+    targets: Sequence[Tensor | np.ndarray],
+    predictions: Sequence[Sequence[Tensor | np.ndarray]],
+    names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    gap: int = 4,
+    min_height: int = 128,
+    classes: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Rows of image | ground truth | one prediction per network (``predictions[k][row]``), the
+    networks' ``names`` over their columns, and, given ``classes``, the legend below.
+
+    Every tile of a row has the image's size; images shorter than ``min_height`` are enlarged by
+    an integer factor (nearest neighbour) as in :func:`prediction_grid`.
+    """
+    rows = []
+    for r, (image, target) in enumerate(zip(images, targets, strict=True)):
+        factor = max(1, -(-min_height // image.shape[0]))
+        tiles = [np.asarray(image), colorize(target, palette)]
+        tiles += [colorize(network[r], palette) for network in predictions]
+        tiles = [_enlarge(t, factor) for t in tiles]
+        spacer = np.full((tiles[0].shape[0], gap, 3), 255, dtype=np.uint8)
+        row = [tiles[0]]
+        for tile in tiles[1:]:
+            row += [spacer, tile]
+        rows.append(np.concatenate(row, axis=1))
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    columns = 2 + len(predictions)
+    step = (width - (columns - 1) * gap) // columns + gap
+    header = _titles(["image", "ground truth", *names], step, width)
+    grid = np.concatenate([header, *padded], axis=0)[:-gap]
+    if classes is None:
+        return grid
+    spacer = np.full((gap, width, 3), 255, dtype=np.uint8)
+    return np.concatenate([grid, spacer, legend(classes, palette, width)], axis=0)
+
+
 def legend(
     classes: Sequence[str], palette: Sequence[Sequence[int]], width: int, row_height: int = 16
 ) -> np.ndarray:

@@ -1,0 +1,246 @@
+"""pixelwise compare: two tiny networks on tiny shapes, the three files, the run folders, the
+refusals and the checkpoints mode."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixelwise.cli import main
+from pixelwise.compare import (
+    CompareSettings,
+    command_line,
+    iterations_for_seconds,
+    network_config,
+    split_network_options,
+)
+from pixelwise.config import config_from_dict
+from pixelwise.models import list_models
+from pixelwise.viz import legend
+
+NETWORKS = ["unet", "enet"]
+ROWS = 2
+SIZE = 32
+TINY = [
+    f"data.options.image_size=[{SIZE},{SIZE}]", "data.options.num_samples=8",
+    "data.val_options.num_samples=3", "data.batch_size=2", "data.val_batch_size=3",
+    "data.num_workers=0", "train.device=cpu", "unet.base_channels=2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory) -> Path:
+    """One comparison of a narrow U-Net and ENet, 2 iterations each, through the command line."""
+    out = tmp_path_factory.mktemp("compare") / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared two-core machine one thread is many times faster
+    try:
+        argv = ["compare", "--models", ",".join(NETWORKS), "--iters", "2", "--rows", str(ROWS)]
+        assert main([*argv, "--out", str(out), *TINY]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _table(markdown: str, first_header: str) -> list[list[str]]:
+    """The rows (cells as text) of the markdown table whose header starts with ``first_header``."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return [rows[0], *rows[2:]]  # header, then the body (no alignment row)
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
+def test_three_files_agree(compared):
+    assert all(
+        (compared / name).is_file()
+        for name in ("comparison.md", "comparison.json", "comparison.png")
+    )
+    data = json.loads((compared / "comparison.json").read_text())
+    markdown = (compared / "comparison.md").read_text()
+    header, *body = _table(markdown, "network")
+    assert [row[0] for row in body] == NETWORKS == [n["name"] for n in data["networks"]]
+    for row, net in zip(body, data["networks"], strict=True):
+        cells = dict(zip(header, row, strict=True))
+        for column, key in (("val mIoU", "mean_iou"), ("pixel acc", "pixel_accuracy"),
+                            ("mean acc", "mean_accuracy"), ("fwIoU", "fw_iou")):  # fmt: skip
+            assert _number(cells[column]) == round(100 * net[key], 2)
+        assert _number(cells["params"]) == net["params"] > 0
+        assert _number(cells["GFLOPs"]) == round(net["gflops"], 3)
+        assert _number(cells["latency b1 (ms)"]) == round(net["latency_ms"], 2) > 0
+        assert _number(cells["iterations"]) == net["iterations"] == 2
+        assert _number(cells["train img/s"]) == round(net["train_images_per_s"], 2) > 0
+        assert _number(cells["train time (s)"]) == round(net["train_seconds"], 1)
+        assert cells["eval size"] == f"{SIZE}x{SIZE}" and net["eval_size"] == [SIZE, SIZE]
+    header, *body = _table(markdown, "network | background")
+    assert header[1:] == data["classes"]
+    for row, net in zip(body, data["networks"], strict=True):
+        for name, text in zip(header[1:], row[1:], strict=True):
+            value = net["iou"][name]
+            assert text == "-" if value is None else _number(text) == round(100 * value, 2)
+    assert data["budget"] == {"iters": 2}
+    assert "pixelwise compare --models unet,enet --iters 2" in markdown
+    assert data["versions"]["torch"] in markdown and data["machine"]["cpu"] in markdown
+
+
+@pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
+def test_picture_is_rows_by_image_truth_and_each_network(compared):
+    data = json.loads((compared / "comparison.json").read_text())
+    picture = np.asarray(Image.open(compared / "comparison.png").convert("RGB"))
+    tile, gap, header = 128, 4, 16  # 32-pixel images are enlarged 4x to reach 128 pixels
+    columns = 2 + len(NETWORKS)
+    width = columns * tile + (columns - 1) * gap
+    strip = legend(data["classes"], [(0, 0, 0)] * len(data["classes"]), width)
+    assert picture.shape == (
+        header + ROWS * tile + (ROWS - 1) * gap + gap + strip.shape[0],
+        width,
+        3,
+    )
+
+
+@pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
+def test_run_folders_evaluate_with_pixelwise_eval(compared, tmp_path, capsys, one_thread):
+    data = json.loads((compared / "comparison.json").read_text())
+    for net in data["networks"]:
+        run = compared / net["name"]
+        assert {"config.yaml", "last.pt", "best.pt", "metrics.jsonl"} <= {
+            p.name for p in run.iterdir()
+        }
+        scores = tmp_path / f"{net['name']}.json"
+        assert main(["eval", "--checkpoint", str(run / "last.pt"), "--json", str(scores)]) == 0
+        assert json.loads(scores.read_text())["mean_iou"] == pytest.approx(
+            net["mean_iou"], abs=1e-12
+        )
+
+
+@pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
+def test_checkpoints_mode_scores_the_same_weights_the_same(compared, tmp_path, capsys, one_thread):
+    trained = json.loads((compared / "comparison.json").read_text())
+    paths = ",".join(str(compared / n / "last.pt") for n in NETWORKS)
+    assert main(["compare", "--checkpoints", paths, "--rows", "1", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "comparison.json").read_text())
+    assert data["mode"] == "checkpoints"
+    for again, net in zip(data["networks"], trained["networks"], strict=True):
+        assert again["name"] == net["name"]
+        assert again["mean_iou"] == pytest.approx(net["mean_iou"], abs=1e-12)
+        assert again["params"] == net["params"]
+        assert again["iterations"] is again["train_seconds"] is again["peak_memory_mb"] is None
+    assert (tmp_path / "comparison.png").is_file()
+
+
+@pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
+def test_an_earlier_comparison_is_never_overwritten(compared, capsys):
+    assert (
+        main(["compare", "--models", "unet,enet", "--iters", "1", "--out", str(compared), *TINY])
+        == 2
+    )
+    assert "already holds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (
+            ["--models", "unet,enet", "unet.padding=valid"],
+            ["unet with valid padding", "same pixels as enet"],
+        ),
+        (["--models", "enet,maskrcnn_resnet50_fpn"], ["'instance' network", "leave it out"]),
+        (
+            ["--models", "enet,unett"],
+            ["Unknown model 'unett'", "Did you mean 'unet'", "Valid names:"],
+        ),
+        (["--models", "enet,enet"], ["enet is named twice"]),
+        (["--models", "enet", "unet.base_channels=2"], ["Options are given for unet"]),
+        (["--models", "enet", "--checkpoints", "a.pt"], ["not both or neither"]),
+        (["--models", "enet", "--iters", "2", "train.iters=5"], ["--iters N or --seconds S"]),
+    ],
+)
+def test_refusals_are_one_sentence_before_any_work(argv, words, tmp_path, capsys):
+    if "--iters" not in argv and "--checkpoints" not in argv:
+        argv = [*argv, "--iters", "1"]
+    out = tmp_path / "out"
+    assert main(["compare", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert all(w in err for w in words), err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_without_a_budget_is_refused(capsys, tmp_path):
+    assert main(["compare", "--models", "enet", "--out", str(tmp_path / "o")]) == 2
+    assert "--iters N or --seconds S" in capsys.readouterr().err
+
+
+def test_network_options_and_overrides_are_told_apart():
+    overrides, options = split_network_options(
+        ["unet.base_channels=8", "optim.lr=0.1", "enet.x=[1, 2]", "data.root=/a:b"], list_models()
+    )
+    assert overrides == ["optim.lr=0.1", "data.root=/a:b"]
+    assert options == {"unet": {"base_channels": 8}, "enet": {"x": [1, 2]}}
+
+
+def test_every_network_shares_the_base_setting_but_its_own_options():
+    settings = CompareSettings(models=["unet", "enet"], iters=7, overrides=["optim.lr=0.5"],
+                               model_options={"unet": {"base_channels": 2}})  # fmt: skip
+    base = {"model": {"name": "unet", "options": {"base_channels": 16, "batch_norm": True}},
+            "data": {"dataset": "shapes", "options": {"image_size": [40, 40]}},
+            "train": {"epochs": 3}}  # fmt: skip
+    unet, source = network_config("unet", settings, base, 7)
+    enet, _ = network_config("enet", settings, base, 7)
+    assert source == "shared base config"
+    assert unet.model.options == {"base_channels": 2, "batch_norm": True, "padding": "same"}
+    assert enet.model.options == {}  # the base config's options were written for its U-Net
+    for cfg in (unet, enet):
+        assert (cfg.train.iters, cfg.train.epochs, cfg.train.eval_every) == (7, None, 7)
+        assert cfg.optim.lr == 0.5 and cfg.data.options == {"image_size": [40, 40]}
+    camvid, _ = network_config(
+        "enet", CompareSettings(models=["enet"], dataset="camvid", root="/d"), base, 7
+    )
+    assert (camvid.data.dataset, camvid.data.root, camvid.data.options) == ("camvid", "/d", {})
+
+
+def test_recipes_are_used_where_present():
+    settings = CompareSettings(models=["enet", "unet"], dataset="camvid", iters=5, recipes=True)
+    enet, source = network_config("enet", settings, {}, 5)
+    assert source == "recipe configs/enet_camvid.yaml"
+    assert enet.optim.name == "adam" and enet.loss.class_weights == "enet"
+    assert (enet.train.iters, enet.train.epochs) == (5, None)
+    _, source = network_config("unet", settings, {}, 5)
+    assert source == "shared base config"
+
+
+def test_the_command_runs_the_same_comparison_again():
+    settings = CompareSettings(
+        models=["unet", "enet"], seconds=30.0, overrides=["data.batch_size=4"],
+        model_options={"unet": {"base_channels": 8}},
+    )  # fmt: skip
+    assert command_line(settings, "runs/c") == (
+        "pixelwise compare --models unet,enet --seconds 30 --out runs/c data.batch_size=4 "
+        "unet.base_channels=8"
+    )
+
+
+def test_a_seconds_budget_becomes_a_known_number_of_iterations(tmp_path, one_thread):
+    cfg = config_from_dict({
+        "model": {"name": "unet", "options": {"padding": "same", "base_channels": 2}},
+        "data": {"dataset": "shapes", "options": {"image_size": [16, 16], "num_samples": 8},
+                 "val_options": {"num_samples": 2}, "batch_size": 2, "num_workers": 0},
+        "train": {"iters": 1, "device": "cpu", "out_dir": str(tmp_path)},
+    })  # fmt: skip
+    short, long = iterations_for_seconds(cfg, 1e-6), iterations_for_seconds(cfg, 1e4)
+    assert short == 1 and long > 100
+    assert not math.isnan(long) and list(tmp_path.iterdir()) == []  # the timing runs left nothing
