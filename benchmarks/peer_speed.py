@@ -13,7 +13,9 @@ Two comparisons (``--networks``):
   returns it at the input size, the peer at 1/8, which the loss upsamples (as the peer's own loss
   does); the main and auxiliary cross entropies are summed with weight 0.4.
 
-Each pair is timed interleaved, cell by cell, so machine load hits both alike; the table reports
+Each pair is timed interleaved, call by call, so machine load hits both alike (which is why this
+script times single calls itself, with pixelwise.bench's autocast and synchronisation, instead of
+pixelwise.bench's per-network medians); the table reports
 our time over the peer's (below 1 = we are faster), the median of ``--runs`` after a warm-up. Rows
 are fp32, and bf16 autocast (fp16 on CUDA) with channels_last — pixelwise's fast path — for both.
 
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from machine import machine_info, machine_line
 from torch import Tensor, nn
 
+from pixelwise.bench import autocast, synchronize
 from pixelwise.models import build_model
 from pixelwise.models.complexity import count_parameters
 
@@ -63,11 +66,6 @@ def peer_pspnet50(num_classes: int) -> nn.Module:
     from ptsemseg.models.pspnet import pspnet
 
     return pspnet(n_classes=num_classes, version="ade20k")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 # A training forward returns the main logits and the auxiliary ones (empty without a head).
@@ -101,10 +99,9 @@ def time_step(
     model: nn.Module, forward: TrainForward, mode: str, x: Tensor, y: Tensor, amp: bool
 ) -> float:
     device = x.device
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
-    with torch.autocast(device.type, dtype=dtype, enabled=amp):
+    with autocast(device, amp):
         if mode == "inference":
             with torch.inference_mode():
                 model(x)
@@ -117,7 +114,7 @@ def time_step(
                 if p.grad is not None:
                     p.sub_(1e-4 * p.grad)
                     p.grad = None
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
