@@ -46,6 +46,7 @@ def _eval(checkpoint: Path, *extra: str) -> int:
     return main(["eval", "--checkpoint", str(checkpoint), "--device", "cpu", *extra])
 
 
+@pytest.mark.slow  # two evaluations (and matplotlib's import): ~12 s on 2 cores
 def test_eval_writes_a_new_folder_each_time_beside_the_checkpoint(checkpoint, capsys):
     run = checkpoint.parent
     assert _eval(checkpoint) == 0
@@ -149,6 +150,7 @@ def test_label_ids_file_holds_the_official_id_of_each_train_id(tmp_path):
     assert set(np.unique(written)) == {LABEL_ID_OF[t] for t in range(19)}
 
 
+@pytest.mark.slow  # builds a run, evaluates, predicts: ~4-12 s on 2 shared cores
 def test_eval_saves_full_size_label_ids_that_the_official_script_finds(tmp_path, capsys):
     root = _cityscapes(tmp_path / "cityscapes")
     # A run resized to half size: the labelIds files must still be at the labels' 32x48.
