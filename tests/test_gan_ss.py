@@ -162,6 +162,19 @@ def test_training_logs_both_players_and_lowers_ds_supervised_loss(tmp_path):
     )
 
 
+def test_weak_variant_trains_on_image_level_labels_of_a_labelled_subset(tmp_path):
+    cfg = gan_config(tmp_path, iters=2, eval_every=2)
+    cfg["model"]["options"]["conditional"] = True
+    cfg["data"]["labeled_fraction"] = 0.5
+    trainer = Trainer(config_from_dict(cfg), run_dir=tmp_path / "run", progress=False)
+    image, target = trainer.train_set[0]
+    assert set(target) == {"mask", "image_labels", "labeled"}
+    assert len(trainer.train_set) == 12  # 6 labelled, 6 unlabelled: no repetition needed
+    trainer.fit()
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert math.isfinite(record["train"]["g_adversarial"])
+
+
 def test_resume_continues_both_players_bit_identically(tmp_path):
     cfg = gan_config(tmp_path, iters=4, eval_every=4)
     straight = Trainer(config_from_dict(cfg), run_dir=tmp_path / "a", progress=False)
