@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--out", required=True, help="folder for <name>_label.png and <name>_overlay.png")
     pr.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
+    pr.add_argument(
+        "--score-threshold", type=float, default=0.5,
+        help="instance models: detections scoring below it are left out (default: 0.5)",
+    )  # fmt: skip
     _add_tta(pr)
 
     models = sub.add_parser("models", help="list the networks (name, paper, year, parameters)")
@@ -323,6 +327,16 @@ def cmd_predict(args) -> int:
         )
     loaded = load_model(args.checkpoint, args.device)
     task = task_of(loaded)
+    if task.name == "instance":  # overlays of instances and COCO-results JSON
+        from pixelwise.engine.instance import write_instance_predictions
+
+        written = write_instance_predictions(
+            loaded, task, images, names, out, score_threshold=args.score_threshold,
+            overwrite=args.overwrite, tta=tta,
+        )  # fmt: skip
+        for path, files in zip(images, written, strict=True):
+            print(f"{path} -> {', '.join(str(f) for f in files)}")
+        return 0
     for path, (label_path, overlay_path) in zip(images, targets, strict=True):
         image = read_image(path)
         # Preprocessed as eval preprocesses (data.resize, mean/std); labels at the image's size.

@@ -67,6 +67,9 @@ class ScheduleConfig:
     name: str = "poly"
     power: float = 0.9
     step_size: int = 30
+    # multistep: multiply by gamma at each of these (in units), e.g. torchvision's detection
+    # recipe's epochs 16 and 22.
+    milestones: list[int] = field(default_factory=list, metadata={"example": [16, 22]})
     gamma: float = 0.1
     unit: Literal["epoch", "iter"] = "epoch"
     warmup_iters: int = 0
@@ -118,7 +121,7 @@ class Config:
 
 _CHOICES = {
     ("optim", "name"): ("sgd", "adam", "adamw", "rmsprop"),
-    ("schedule", "name"): ("poly", "step", "cosine", "exponential", "constant"),
+    ("schedule", "name"): ("poly", "step", "multistep", "cosine", "exponential", "constant"),
     ("loss", "name"): ("ce", "bootstrap_ce"),
 }
 
@@ -134,6 +137,7 @@ _AT_LEAST = {
     ("optim", "lr"): 0,
     ("optim", "weight_decay"): 0,
     ("schedule", "step_size"): 1,
+    ("schedule", "milestones"): 1,
     ("schedule", "warmup_iters"): 0,
     ("loss", "top_k"): 1,
     ("train", "epochs"): 1,

@@ -54,6 +54,8 @@ def lr_factor(cfg: ScheduleConfig, step: int, total_iters: int, iters_per_epoch:
         decay = 0.5 * (1 + math.cos(math.pi * progress))
     elif cfg.name == "step":
         decay = cfg.gamma ** (step // max(1, cfg.step_size * unit))
+    elif cfg.name == "multistep":
+        decay = cfg.gamma ** sum(step >= m * unit for m in cfg.milestones)
     elif cfg.name == "exponential":
         decay = cfg.gamma ** (step / unit)
     elif cfg.name == "constant":

@@ -216,6 +216,9 @@ class Trainer:
             "num_classes": self.num_classes,
             "classes": self.classes,
             "palette": [list(c) for c in self.train_set.palette],
+            # An instance dataset's own id of each label (COCO's are not contiguous), for predict's
+            # COCO results; empty for a semantic dataset.
+            "category_ids": [int(i) for i in getattr(self.train_set, "category_ids", ())],
             "dataset": self.cfg.data.dataset,
             "mean": list(self.cfg.data.mean),
             "std": list(self.cfg.data.std),

@@ -153,7 +153,7 @@ def _build_maskrcnn(
     frozen_bn: bool,
     min_size: int,
     max_size: int,
-    **heads: int,
+    **heads: float,
 ) -> MaskRCNN:
     if num_classes < 2:
         raise PixelwiseError(
@@ -216,6 +216,7 @@ def maskrcnn_resnet50_fpn(
     rpn_post_nms_top_n_test: int = 1000,
     box_batch_size_per_image: int = 512,
     box_detections_per_img: int = 100,
+    box_score_thresh: float = 0.05,
 ) -> MaskRCNN:
     """torchvision's Mask R-CNN ResNet-50-FPN; frozen BN by default (see the module docstring).
 
@@ -232,8 +233,9 @@ def maskrcnn_resnet50_fpn(
         rpn_post_nms_top_n_test: RPN proposals kept per image in eval.
         box_batch_size_per_image: RoIs sampled per image for the box and mask losses.
         box_detections_per_img: detections returned per image (COCO's AP counts up to 100).
-            The last four are torchvision's defaults; the box and mask heads run on every
-            proposal/detection, so small values make CPU tests fast.
+        box_score_thresh: detections scoring below it are not returned.
+            These five are torchvision's names and defaults; the box and mask heads run on every
+            proposal/detection, so small counts make CPU tests fast.
     """
     return _build_maskrcnn(
         mask_rcnn.maskrcnn_resnet50_fpn,
@@ -248,6 +250,7 @@ def maskrcnn_resnet50_fpn(
         rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_batch_size_per_image=box_batch_size_per_image,
         box_detections_per_img=box_detections_per_img,
+        box_score_thresh=box_score_thresh,
     )
 
 
@@ -272,6 +275,7 @@ def maskrcnn_resnet50_fpn_v2(
     rpn_post_nms_top_n_test: int = 1000,
     box_batch_size_per_image: int = 512,
     box_detections_per_img: int = 100,
+    box_score_thresh: float = 0.05,
 ) -> MaskRCNN:
     """torchvision's improved Mask R-CNN ResNet-50-FPN (v2); trainable BN by default.
 
@@ -291,4 +295,5 @@ def maskrcnn_resnet50_fpn_v2(
         rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_batch_size_per_image=box_batch_size_per_image,
         box_detections_per_img=box_detections_per_img,
+        box_score_thresh=box_score_thresh,
     )
