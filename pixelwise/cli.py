@@ -68,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_tta(pr)
 
+    export = sub.add_parser(
+        "export", help="write a checkpoint's network as ONNX or TorchScript, checked against torch"
+    )
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    export.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"),
+        help="size to trace at (default: the run's data.resize, else crop size); H and W stay dynamic",
+    )  # fmt: skip
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+
     models = sub.add_parser("models", help="list the networks (name, paper, year, parameters)")
     models.add_argument("--flops", action="store_true", help="add GFLOPs at the paper's input size")
 
@@ -518,6 +530,27 @@ def _names(text: str | None) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()] if text else []
 
 
+def cmd_export(args) -> int:
+    from pixelwise.export import export_checkpoint
+
+    example = "model.onnx" if args.format == "onnx" else "model.pt"
+    out = _output_file(Path(args.out), "--out", example)
+    report = export_checkpoint(args.checkpoint, out, args.format, size=args.size, opset=args.opset)
+    h, w = report.size
+    print(
+        f"wrote {report.path} ({args.format}, traced at {h}x{w} in {report.seconds:.1f} s, batch, "
+        f"height and width dynamic); max |logits - PyTorch's| = {report.max_difference:.2g} on a "
+        f"random {'x'.join(map(str, report.check_shape))} input"
+        + (
+            f" (against float64 PyTorch: float32 PyTorch is {report.tie:.2g} from it there, at a "
+            "max-unpooling tie)"
+            if report.tie
+            else ""
+        )
+    )
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
@@ -526,6 +559,7 @@ COMMANDS = {
     "models": cmd_models,
     "bench": cmd_bench,
     "datasets": cmd_datasets,
+    "export": cmd_export,
     "compare": cmd_compare,
 }
 
