@@ -80,7 +80,7 @@ def cell_seconds(
         return build_model(name, num_classes)
 
     if mode == "training":
-        seconds, _peak = time_training(fresh, num_classes, device, amp, settings)
+        seconds, _peak = time_training(fresh, device, amp, settings)
         return seconds
     model = prepare_model(fresh(), device, settings).eval()
     return time_inference(model, batch, device, amp, settings)

@@ -165,30 +165,33 @@ def bench_model(
     model: nn.Module | None = None,
     gflops: float | None = None,
 ) -> BenchResult:
-    """Measure one registered network (or ``model``, e.g. loaded from a checkpoint, as ``name``).
+    """Measure one registered network (or ``model``, e.g. loaded from a checkpoint, as ``name``;
+    its class count is then reported as ``settings.num_classes``, or the paper's if that is None).
 
     A given ``model`` is left as it was: the timings run on copies. A failure while measuring
     (out of memory, an operation without a kernel) is recorded in ``error``, not raised. ``gflops``
     is the count already made by :func:`check_networks`, if any.
     """
     device = device or resolve_device(settings.device)
-    info = model_info(name)
     options = settings.model_options.get(name, {})
-    num_classes = settings.num_classes or info.num_classes
+    num_classes = settings.num_classes or model_info(name).num_classes
     if model is None:
 
         def fresh() -> nn.Module:
             return build_model(name, num_classes, **options)
+
+        with torch.device("meta"):  # counts need shapes only
+            template = fresh()
     else:
 
         def fresh() -> nn.Module:
             return copy.deepcopy(model)
 
+        template = model
+
     from pixelwise.engine.evaluate import amp_in_effect  # the engine sits above models
 
     amp = amp_in_effect(settings.amp, device)
-    torch.manual_seed(0)
-    template = fresh()
     result = BenchResult(
         model=name,
         device=str(device),
@@ -202,15 +205,18 @@ def bench_model(
         memory_measure=CUDA_MEMORY if device.type == "cuda" else CPU_MEMORY,
     )
     try:
-        result.gflops = gflops if gflops is not None else _gflops(name, settings, model=model)
+        if gflops is None:
+            gflops = count_flops(template, settings.size, _in_channels(template)) / 1e9
+        result.gflops = gflops
         del template
+        torch.manual_seed(0)
         inference = prepare_model(fresh(), device, settings).eval()
         result.latency_ms = 1e3 * time_inference(inference, 1, device, amp, settings)
         result.latency_batch_ms = 1e3 * time_inference(
             inference, settings.batch, device, amp, settings
         )
         del inference
-        seconds, peak = time_training(fresh, num_classes, device, amp, settings)
+        seconds, peak = time_training(fresh, device, amp, settings)
         result.train_images_per_s = settings.batch / seconds
         result.peak_memory_mb = None if peak is None else peak / 2**20
     except (RuntimeError, ValueError, NotImplementedError) as error:
@@ -221,13 +227,11 @@ def bench_model(
     return result
 
 
-def _gflops(name: str, settings: BenchSettings, model: nn.Module | None = None) -> float:
-    """GFLOPs of one batch-1 forward; a registered network is counted on the meta device, where
-    nothing is computed or allocated."""
-    if model is None:
-        num_classes = settings.num_classes or model_info(name).num_classes
-        with torch.device("meta"):
-            model = build_model(name, num_classes, **settings.model_options.get(name, {}))
+def _gflops(name: str, settings: BenchSettings) -> float:
+    """GFLOPs of one batch-1 forward, counted on the meta device: nothing computed or allocated."""
+    num_classes = settings.num_classes or model_info(name).num_classes
+    with torch.device("meta"):
+        model = build_model(name, num_classes, **settings.model_options.get(name, {}))
     return count_flops(model, settings.size, _in_channels(model)) / 1e9
 
 
@@ -300,7 +304,6 @@ def time_inference(
 
 def time_training(
     fresh: Callable[[], nn.Module],
-    num_classes: int,
     device: torch.device,
     amp: bool,
     settings: BenchSettings,
@@ -309,7 +312,6 @@ def time_training(
 
     Args:
         fresh: builds the network to train (a new one: training changes its weights).
-        num_classes: range of the random targets.
         device: where it runs.
         amp: autocast, used as given (with a GradScaler on CUDA).
         settings: size, batch, channels_last, compile, warm-up and runs.
@@ -330,7 +332,7 @@ def time_training(
                 logits = model(x)
                 if target is None:  # at the logits' size: a valid-padding U-Net predicts less
                     shape = (logits.shape[0], *logits.shape[-2:])
-                    target = torch.randint(0, num_classes, shape, device=device)
+                    target = torch.randint(0, logits.shape[1], shape, device=device)
                 loss = F.cross_entropy(logits, target)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
