@@ -20,7 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from pixelwise.cli import main
-from pixelwise.config import ScheduleConfig, config_from_dict
+from pixelwise.config import ScheduleConfig, config_from_dict, load_config
 from pixelwise.engine.checkpoint import load_checkpoint
 from pixelwise.engine.instance import InstanceReport, InstanceTask
 from pixelwise.engine.schedule import lr_factor
@@ -124,6 +124,23 @@ def test_multistep_schedule_decays_at_each_milestone():
     cfg = ScheduleConfig(name="multistep", milestones=[2, 5], gamma=0.1, unit="epoch")
     factors = [lr_factor(cfg, step, 100, 10, 1.0) for step in (0, 19, 20, 49, 50, 99)]
     assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_the_coco_recipe_is_torchvisions_detection_reference():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_coco.yaml")
+    assert (cfg.model.name, cfg.data.dataset) == ("maskrcnn_resnet50_fpn", "coco_instances")
+    assert cfg.model.weights_backbone == "ResNet50_Weights.IMAGENET1K_V1"
+    assert cfg.model.options["frozen_bn"] is True and cfg.data.resize is None
+    # lr 0.02 for 8 processes x 2 images; momentum 0.9, weight decay 1e-4
+    assert (cfg.optim.name, cfg.optim.lr, cfg.data.batch_size) == ("sgd", 0.02, 2)
+    assert (cfg.optim.momentum, cfg.optim.weight_decay) == (0.9, 1e-4)
+    # 26 epochs, x0.1 at epochs 16 and 22, linear warmup from lr/1000 over 1000 iterations
+    s = cfg.schedule
+    assert cfg.train.epochs == 26 and (s.name, s.milestones, s.gamma, s.unit) == (
+        "multistep", [16, 22], 0.1, "epoch",
+    )  # fmt: skip
+    assert (s.warmup_iters, s.warmup_factor) == (1000, 0.001)
+    task_for(cfg, 81, ["c"] * 81, [(0, 0, 0)] * 81)  # no semantic-only setting in it
 
 
 def test_the_task_comes_from_the_model_and_batches_lists(tmp_path, coco_root):
