@@ -410,9 +410,10 @@ def cmd_models(args) -> int:
         with torch.device("meta"):  # counts need shapes only: nothing is allocated or computed
             model = build_model(name, info.num_classes, **_paper_kwargs(info))
         line = f"{name:<24} {info.task:<8} {info.year:>4} {count_parameters(model):>12,}"
-        if args.flops and info.task == "instance":
+        if args.flops and info.task in ("instance", "decoupled"):
             # A detector's cost depends on how many proposals and detections an image yields
-            # (and NMS cannot run on the meta device): see docs/models.md.
+            # (and NMS cannot run on the meta device), DecoupledNet's on how many classes its
+            # classifier detects (one decoder pass each): see docs/models.md.
             line += f" {'-':>9} {'-':<9}"
         elif args.flops:
             gflops = count_flops(model, info.input_size, info.in_channels) / 1e9

@@ -38,6 +38,9 @@ REFERENCE = {
     "refinenet101": (118.05e6, 262.9),
     "refinenet152": (133.69e6, None),
     "gfrnet": (29.19e6, 58.1),
+    # The authors' released VOC model (REFERENCE.md part C): classifier 134,342,484 + bridging
+    # 158,350,848 + deconvolution net 14,757,058. No MACs: one decoder pass per detected class.
+    "decouplednet": (307_450_390, None),
     # GAN-SS has no published count (REFERENCE.md part C): ours with the choices of
     # pixelwise/models/gan_ss.py, ENet discriminator (12 outputs: 363,856) + DCGAN-style generator
     # (3,218,307); the MACs are the discriminator's, the only player that runs at evaluation.

@@ -125,6 +125,7 @@ TASK_MODULES: dict[str, str] = {
     "semantic": __name__,
     "instance": "pixelwise.engine.instance",
     "gan_ss": "pixelwise.engine.gan_task",
+    "decoupled": "pixelwise.engine.decoupled",
 }
 
 

@@ -1,0 +1,114 @@
+"""DecoupledNet training: image-level labels for every image, figure-ground masks for a few.
+
+The task of :mod:`pixelwise.models.decouplednet` (``task="decoupled"``). Each step:
+
+- classification: multi-label binary cross entropy of the image-level scores (N x K, K = C - 1
+  foreground classes) against the image's labels, on every image of the batch, labelled or not.
+  The labels come from the original mask (:class:`~pixelwise.data.subset.SemiSupervised` derives
+  them; that is the "weak annotation" the paper assumes for all images);
+- figure-ground: for every labelled image and every foreground class its image-level labels hold,
+  one pass of the segmentation network fed by that class's class-specific map, scored by a 2-way
+  cross entropy against the binary mask (pixels of the class 1, of other classes 0, 255 ignored),
+  as the release's ``select_seg_binary`` layer builds it; the mean over the pairs' pixels.
+
+The total is their sum; both are logged (``train/classification``, ``train/figure_ground``).
+Evaluation, ``eval``, ``predict`` and ``compare`` treat the model like any other: its ``forward``
+returns the combined map's log-scores, whose softmax is the combined map.
+
+Deviations from the release (``training/00*``, REFERENCE.md part C):
+
+- One run trains both stages at once; the release trains the classifier first (recipe
+  unconfirmed) and then the segmentation stage with the classifier frozen. The segmentation loss
+  still never reaches the classifier (the model detaches pool5 and the class-specific map), so
+  the classifier learns from the image-level labels alone, as in the release.
+- The labelled images are repeated to about half of the stream
+  (:class:`~pixelwise.engine.gan_task.Balanced`), so that each batch has figure-ground pairs; the
+  release draws batches of image-class pairs from the strong set only.
+- Random crops of ``data.crop_size`` keep the image-level labels of the whole image; the recipes
+  here resize instead (a class cropped away would be a wrong label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelwise.data.base import IGNORE_INDEX
+from pixelwise.data.subset import apply_labeled_subset, dict_target_transform
+from pixelwise.engine.gan_task import Balanced
+from pixelwise.engine.task import Task, register_task
+
+
+def figure_ground_pairs(image_labels: Tensor, labeled: Tensor) -> Tensor:
+    """P x 2 ``(image, foreground class)`` for every labelled image and every class it holds.
+
+    Args:
+        image_labels: N x C multi-hot over all classes (class 0, background, is not a pair).
+        labeled: N booleans.
+    """
+    foreground = image_labels[:, 1:] > 0
+    return (foreground & labeled[:, None].bool()).nonzero()
+
+
+def figure_ground_targets(mask: Tensor, pairs: Tensor) -> Tensor:
+    """P x H x W binary targets: 1 where the pair's image shows its class, 0 elsewhere, ignore kept."""
+    masks = mask[pairs[:, 0]]
+    target = (masks == (pairs[:, 1] + 1)[:, None, None]).long()
+    return target.masked_fill(masks == IGNORE_INDEX, IGNORE_INDEX)
+
+
+def decoupled_loss(output: Any, targets: dict[str, Tensor], pairs: Tensor) -> dict[str, Tensor]:
+    """The two terms of one batch: ``classification`` and ``figure_ground`` (0 without pairs)."""
+    labels = targets["image_labels"][:, 1:].to(output.class_logits.dtype)
+    classification = F.binary_cross_entropy_with_logits(output.class_logits.float(), labels.float())
+    logits = output.figure_ground.float()
+    target = figure_ground_targets(targets["mask"], pairs)
+    valid = target != IGNORE_INDEX
+    if pairs.shape[0] == 0 or not bool(valid.any()):
+        # The forward ran on a stand-in pair (DDP wants every parameter used): a zero that keeps
+        # the graph, never a NaN mean over no pixels.
+        figure_ground = logits.sum() * 0.0
+    else:
+        figure_ground = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    return {"classification": classification, "figure_ground": figure_ground}
+
+
+@register_task("decoupled")
+class DecoupledTask(Task):
+    """Classification on every image, figure-ground segmentation on the labelled ones."""
+
+    def train_dataset(self, dataset: Any) -> Any:
+        """Every training image with its image-level labels; masks only on the labelled subset,
+        the labelled images repeated to about half the stream."""
+        return Balanced(
+            apply_labeled_subset(dataset, self.cfg, keep_unlabeled=True, targets="dict")
+        )
+
+    def train_transforms(self) -> Callable:
+        return dict_target_transform(super().train_transforms())
+
+    def to_device(
+        self, batch: tuple[Any, Any], device: torch.device, channels_last: bool = False
+    ) -> tuple[Any, Any]:
+        images, targets = batch
+        if not isinstance(targets, dict):  # evaluation: plain masks
+            return super().to_device(batch, device, channels_last)
+        images, mask = super().to_device((images, targets["mask"]), device, channels_last)
+        moved = {k: v.to(device, non_blocking=True) for k, v in targets.items() if k != "mask"}
+        return images, {**moved, "mask": mask}
+
+    def setup(self, model: nn.Module, device: torch.device, train_set: Any) -> None:
+        """Nothing to build: the two losses are fixed (``loss.*`` settings do not apply)."""
+        del model, device, train_set
+
+    def loss(
+        self, net: nn.Module, inputs: Tensor, targets: Any
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        pairs = figure_ground_pairs(targets["image_labels"], targets["labeled"])
+        run = pairs if pairs.shape[0] else pairs.new_zeros(1, 2)
+        terms = decoupled_loss(net(inputs, run), targets, pairs)
+        return terms["classification"] + terms["figure_ground"], terms
