@@ -212,7 +212,6 @@ def cmd_train(args) -> int:
 
 def _run_training(config, resume: str | None) -> int:
     from pixelwise.engine.train import Trainer
-    from pixelwise.metrics import format_scores
 
     started = time.perf_counter()
     trainer = Trainer(config, resume=resume)
@@ -232,9 +231,10 @@ def _run_training(config, resume: str | None) -> int:
         )
         return 130
     if scores is not None:
-        print(format_scores(scores, trainer.classes))
+        print(scores.format(trainer.classes))  # the task's table (an instance run: COCO AP)
+    kept = "mask AP" if trainer.task.name == "instance" else "mIoU"
     print(
-        f"best val mIoU {100 * trainer.best_score:.2f} | {time.perf_counter() - started:.0f} s | "
+        f"best val {kept} {100 * trainer.best_score:.2f} | {time.perf_counter() - started:.0f} s | "
         f"run folder {trainer.run_dir} (config.yaml, metrics.jsonl, best.pt, last.pt, "
         "predictions.png, tensorboard/)"
     )
