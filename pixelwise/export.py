@@ -258,8 +258,8 @@ def export_model(
         metadata: JSON-able values stored in the file (ONNX ``metadata_props``, one key each;
             TorchScript ``_extra_files[EXTRA_FILE]``); read them back with :func:`read_metadata`.
         opset: the ONNX opset (ignored for TorchScript).
-        check_size: the (H, W) of the random check input (batch 2); default: another size than
-            ``size``, odd in both sides.
+        check_size: the (H, W) of the random check input (batch 2); default: ``size`` plus
+            13 x 5 (the other parity), or plus 16 x 32 where the network refuses that.
         name: the network's name, for messages.
 
     Raises:
@@ -269,7 +269,7 @@ def export_model(
     name = name or type(model).__name__
     out = Path(out)
     size = _check_size(size, "size")
-    check_size = _check_size(check_size, "check size") if check_size else _other_size(size)
+    candidates = [_check_size(check_size, "check size")] if check_size else _other_sizes(size)
     if fmt not in FORMATS:
         raise PixelwiseError(f"Unknown export format {fmt!r}; use one of {', '.join(FORMATS)}.")
     reason = missing_runtime(fmt)
@@ -294,8 +294,8 @@ def export_model(
         except Exception as error:  # the exporters raise many types; each becomes one sentence
             raise PixelwiseError(_cannot_export(name, fmt, error)) from None
         seconds = time.perf_counter() - start
-        x = torch.randn(2, 3, *check_size, generator=torch.Generator().manual_seed(1))
-        difference, tie = _difference(net, tmp, fmt, x, name, size)
+        x, expected = _reference(net, candidates, name, size)
+        difference, tie = _difference(net, tmp, fmt, x, expected, name, size)
         if not difference <= TOLERANCE:
             raise PixelwiseError(
                 f"The {fmt} export of {name} gives logits that differ from PyTorch's by up to "
@@ -317,9 +317,29 @@ def _check_size(size: Sequence[int], what: str) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _other_size(size: tuple[int, int]) -> tuple[int, int]:
-    """A check size unlike the traced one: the other parity and another remainder mod 32."""
-    return size[0] + 13, size[1] + 5
+def _other_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Check sizes unlike the traced one: first the other parity and another remainder mod 32;
+    then multiples of 16 more, for a network that takes only such sizes (valid-padding U-Net)."""
+    h, w = size
+    return [(h + 13, w + 5), (h + 16, w + 32)]
+
+
+def _reference(
+    net: nn.Module, sizes: list[tuple[int, int]], name: str, traced: tuple[int, int]
+) -> tuple[Tensor, np.ndarray]:
+    """A random batch of 2 at the first of ``sizes`` the network takes, and PyTorch's logits."""
+    refusals = []
+    for h, w in sizes:
+        x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(1))
+        try:
+            with torch.no_grad():
+                return x, net(x).numpy()
+        except (PixelwiseError, RuntimeError, ValueError) as error:
+            refusals.append(f"{h}x{w}: {_first_line(str(error), 120)}")
+    raise PixelwiseError(
+        f"{name} takes no input of another size than the traced {traced[0]}x{traced[1]} to check "
+        f"the export on ({'; '.join(refusals)}); give a --size the network takes."
+    )
 
 
 def _shape(x: Tensor) -> str:
@@ -364,12 +384,10 @@ def _write(
 
 
 def _difference(
-    net: nn.Module, path: Path, fmt: str, x: Tensor, name: str, size: tuple
+    net: nn.Module, path: Path, fmt: str, x: Tensor, expected: np.ndarray, name: str, size: tuple
 ) -> tuple[float, float | None]:
-    """Max abs difference between PyTorch's logits and the written file's on ``x``, and where
-    float32 PyTorch is more than 1e-4 from float64 PyTorch (a tie), that distance."""
-    with torch.no_grad():
-        expected = net(x).numpy()
+    """Max abs difference between PyTorch's logits ``expected`` and the written file's on ``x``,
+    and where float32 PyTorch is more than 1e-4 from float64 PyTorch (a tie), that distance."""
     try:
         if fmt == "torchscript":
             with torch.no_grad():

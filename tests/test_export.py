@@ -179,6 +179,17 @@ def test_every_semantic_network_exports_to_onnx_with_dynamic_sizes(tmp_path, nam
 
 
 @needs_onnxruntime
+def test_valid_padding_unet_is_checked_at_another_size_it_takes(tmp_path):
+    # The paper's U-Net takes sides of 124 + 16k only and returns the centre crop, so the check
+    # moves on from 201x193 (refused by the network itself) to 204x220.
+    torch.manual_seed(0)
+    model = build_model("unet", 2, base_channels=4).eval()
+    report = export_model(model, tmp_path / "u.onnx", "onnx", size=(188, 188), name="unet")
+    assert report.check_shape == (2, 3, 204, 220)
+    assert report.max_difference <= TOLERANCE
+
+
+@needs_onnxruntime
 def test_networks_that_cannot_export_say_which_operation_and_why(tmp_path):
     # Empty while every registered semantic network exports; a network added to CANNOT_EXPORT
     # must be registered and refused with the words listed.
