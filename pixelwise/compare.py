@@ -50,7 +50,7 @@ from pixelwise.errors import PixelwiseError
 
 COMPARISON_FILES = ("comparison.md", "comparison.json", "comparison.png")
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "configs"
-CALIBRATION_STEPS = 3  # timed steps of a --seconds run's throwaway start, after one warm-up step
+CALIBRATION_STEPS = 3  # timed iterations of a --seconds run's throwaway start
 
 
 @dataclass
@@ -374,21 +374,33 @@ def _train(config: Config, run_dir: Path, progress: bool | None) -> _Trained:
 
 
 def iterations_for_seconds(config: Config, seconds: float) -> int:
-    """How many iterations of ``config``'s run fit into ``seconds`` of training, timed on a
-    throwaway start of the same run (same seed and data) in a temporary folder."""
+    """How many iterations of ``config``'s run fit into ``seconds`` of training.
+
+    A throwaway start of the same run (same seed and data, a temporary folder) trains
+    ``CALIBRATION_STEPS + 2`` steps; the time of one iteration is the median interval between the
+    starts of consecutive steps after the first (which pays for workers, allocations and kernel
+    choice), so it holds loading, the step and logging, as the real run's iterations do.
+    """
     from pixelwise.engine.train import Trainer
 
     data = config.to_dict()
     # A long nominal run, so that nothing is evaluated while timing.
     data["train"].update(iters=10**9, eval_every=10**9)
     probe = config_from_dict(data, "the timing run")
+    starts: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pixelwise-compare-") as folder:
         trainer = Trainer(probe, run_dir=folder, progress=False)
-        trainer.fit(max_steps=1)  # the first step pays for workers, allocations and kernels
-        started = time.perf_counter()
-        trainer.fit(max_steps=1 + CALIBRATION_STEPS)
-        per_step = (time.perf_counter() - started) / CALIBRATION_STEPS
-    return max(1, int(seconds / per_step))
+        step = trainer.task.train_step
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            starts.append(time.perf_counter())
+            return step(*args, **kwargs)
+
+        # Only this throwaway trainer's task is wrapped; the run itself is built afresh.
+        trainer.task.train_step = timed  # type: ignore[method-assign]
+        trainer.fit(max_steps=CALIBRATION_STEPS + 2)
+    intervals = np.diff(starts)[1:]
+    return max(1, int(seconds / float(np.median(intervals))))
 
 
 # -- the comparison ----------------------------------------------------------------------------
