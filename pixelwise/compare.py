@@ -236,12 +236,15 @@ def check_settings(settings: CompareSettings) -> None:
         raise PixelwiseError(f"--rows {settings.rows} must be at least 1.")
 
 
-def check_networks(names: Sequence[str], configs: Sequence[Config]) -> None:
+def check_networks(
+    names: Sequence[str], configs: Sequence[Config], given: Sequence[str] = ()
+) -> None:
     """Refuse networks that cannot be scored on one setting, each with one sentence.
 
     A network that is not semantic (an instance or semi-supervised one) is scored differently; a
     valid-padding network predicts the centre of its input only, so among same-size networks it
-    would be scored on fewer pixels; and the networks must be evaluated on the same images.
+    would be scored on fewer pixels; and the networks must be evaluated on the same images
+    (``given``: the data keys the command sets for all, such as ``root`` or ``val_split``).
     """
     from pixelwise.models import build_model, model_info
 
@@ -265,13 +268,15 @@ def check_networks(names: Sequence[str], configs: Sequence[Config]) -> None:
             f"is smaller than the input), so it cannot be scored on the same pixels as {others}; "
             f"give it {cropping[0]}.padding=same or compare it only with valid-padding networks."
         )
-    _check_same_evaluation(names, [c.data for c in configs])
+    _check_same_evaluation(names, [c.data for c in configs], given)
 
 
-def _check_same_evaluation(names: Sequence[str], data: Sequence[Any]) -> None:
+def _check_same_evaluation(names: Sequence[str], data: Sequence[Any], given: Sequence[str]) -> None:
     first = data[0]
     for name, d in zip(names[1:], data[1:], strict=True):
         for key in ("dataset", "root", "val_split", "val_options"):
+            if key in given:
+                continue
             if getattr(d, key) != getattr(first, key):
                 raise PixelwiseError(
                     f"{name} is evaluated with data.{key} {getattr(d, key)!r} but {names[0]} with "
@@ -568,7 +573,10 @@ def _load_all(settings: CompareSettings, out: Path) -> tuple[list, dict[str, Any
     loaded = [load_model(path, settings.device) for path in settings.checkpoints]
     models = [item.meta["model"] for item in loaded]
     names = _row_names(models, settings.checkpoints)
-    check_networks(models, [item.config for item in loaded])
+    given = [
+        k for k, v in (("root", settings.root), ("val_split", settings.split)) if v is not None
+    ]
+    check_networks(models, [item.config for item in loaded], given)
     for item in loaded[1:]:
         if item.classes != loaded[0].classes:
             raise PixelwiseError(
