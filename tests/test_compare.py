@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,12 @@ def test_run_folders_evaluate_with_pixelwise_eval(compared, tmp_path, capsys, on
         assert json.loads(scores.read_text())["mean_iou"] == pytest.approx(
             net["mean_iou"], abs=1e-12
         )
+    # ... and continues with --resume, one iteration more (in a copy: other tests read the run)
+    run = shutil.copytree(compared / "enet", tmp_path / "enet")
+    resume = ["train", str(run / "config.yaml"), "--resume", str(run / "last.pt"), "train.iters=3"]
+    assert main(resume) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 3]
 
 
 @pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
