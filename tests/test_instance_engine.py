@@ -22,9 +22,14 @@ from pycocotools import mask as mask_utils
 from pixelwise.cli import main
 from pixelwise.config import ScheduleConfig, config_from_dict, load_config
 from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.instance import InstanceReport, InstanceTask
+from pixelwise.engine.instance import (
+    InstanceReport,
+    InstanceTask,
+    draw_instances,
+    predict_instances,
+)
 from pixelwise.engine.schedule import lr_factor
-from pixelwise.engine.task import task_for
+from pixelwise.engine.task import SemanticReport, task_for
 from pixelwise.engine.train import Trainer
 from pixelwise.errors import PixelwiseError
 from tests.test_maskrcnn import LOSSES, TINY
@@ -152,7 +157,7 @@ def test_the_task_comes_from_the_model_and_batches_lists(tmp_path, coco_root):
     images, targets = task.collate(samples)
     assert [tuple(i.shape) for i in images] == [(3, 4, 5), (3, 6, 7)]
     assert [t["image_id"] for t in targets] == [1, 2]
-    moved, on_device = task.to_device((images, targets), torch.device("cpu"))
+    moved, on_device = task.to_device((images, targets), torch.device("cpu"), channels_last=True)
     assert task.batch_size(moved) == 2 and on_device[1]["image_id"] == 2
 
 
@@ -162,6 +167,52 @@ def test_training_frozen_bn_from_scratch_is_refused(tmp_path, coco_root):
     with pytest.raises(PixelwiseError, match="frozen BatchNorm but no pretrained weights"):
         Trainer(config_from_dict(cfg), progress=False)
     assert not (tmp_path / "runs").exists()  # refused before the run folder was made
+
+
+class FixedDetector(torch.nn.Module):
+    """Returns one detection (box 4..12, its mask) per image at the size it is given."""
+
+    def forward(self, images):
+        found = []
+        for image in images:
+            masks = torch.zeros(1, 1, *image.shape[-2:])
+            masks[0, 0, 4:12, 4:12] = 0.9
+            found.append({"boxes": torch.tensor([[4.0, 4.0, 12.0, 12.0]]), "labels": torch.tensor([2]),
+                          "scores": torch.tensor([0.8]), "masks": masks})  # fmt: skip
+        return found
+
+
+def test_predict_maps_detections_of_a_resized_run_back_to_the_image(tmp_path, coco_root):
+    cfg = instance_config(tmp_path, coco_root)
+    cfg["data"]["resize"] = [H // 2, W // 2]
+    task = task_for(config_from_dict(cfg), 3, ["background", "square", "bar"], [(0, 0, 0)] * 3)
+    image = torch.zeros(3, H, W, dtype=torch.uint8)
+    found = predict_instances(FixedDetector(), task, image, torch.device("cpu"))
+    assert found["boxes"].tolist() == [[8.0, 8.0, 24.0, 24.0]]
+    assert found["masks"].shape == (1, 1, H, W)
+    assert found["masks"][0, 0, 10, 10] > 0.5 and found["masks"][0, 0, 30, 30] == 0
+
+
+def test_report_table_and_instance_drawing():
+    semantic = SemanticReport(1.0, 1.0, 1.0, 1.0, [1.0, 1.0], [1.0, 1.0])
+    report = InstanceReport(
+        bbox=dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl"), 0.5),
+        segm={"AP": 0.25, "AP50": 0.5, "AP75": 0.0, "APs": 0.25, "APm": -1.0, "APl": -1.0},
+        semantic=semantic,
+    )
+    table = report.format(["background", "thing"])
+    segm_row = next(line for line in table.splitlines() if line.startswith("segm"))
+    assert segm_row.split() == ["segm", "25.00", "50.00", "0.00", "25.00", "-", "-"]
+    assert report.score == 0.25 and list(report.scalars())[0] == "segm_AP"
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)
+    found = FixedDetector()([torch.zeros(3, 16, 16)])[0]
+    drawn = draw_instances(
+        rgb, found, ["background", "a", "b"], [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
+    )
+    assert drawn.shape == rgb.shape and drawn[8, 8, 1] > 0 and drawn[8, 8, 0] == 0  # b's green
+    assert not drawn[14, 14].any()  # outside the box and the mask
+    found["scores"] = torch.tensor([0.3])
+    assert not draw_instances(rgb, found, ["background", "a", "b"], [(0, 0, 0)] * 3).any()
 
 
 def test_semantic_only_settings_are_refused_naming_them(tmp_path, coco_root):

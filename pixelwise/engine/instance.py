@@ -184,10 +184,11 @@ class InstanceTask(Task):
     def to_device(
         self, batch: tuple[Any, Any], device: torch.device, channels_last: bool = False
     ) -> tuple[list[Tensor], list[dict[str, Any]]]:
+        # Images of several sizes are batched (padded) inside the model, so channels_last, a 4-D
+        # layout, applies to the model's weights only.
+        del channels_last
         images, targets = batch
         moved = [image.to(device, non_blocking=True) for image in images]
-        if channels_last:
-            moved = [image.contiguous(memory_format=torch.channels_last) for image in moved]
         on_device = [
             {
                 k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
