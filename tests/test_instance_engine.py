@@ -32,6 +32,7 @@ from pixelwise.engine.schedule import lr_factor
 from pixelwise.engine.task import SemanticReport, task_for
 from pixelwise.engine.train import Trainer
 from pixelwise.errors import PixelwiseError
+from pixelwise.models import build_model
 from tests.test_maskrcnn import LOSSES, TINY
 from tests.test_resume import assert_same_tensors
 
@@ -213,6 +214,21 @@ def test_report_table_and_instance_drawing():
     assert not drawn[14, 14].any()  # outside the box and the mask
     found["scores"] = torch.tensor([0.3])
     assert not draw_instances(rgb, found, ["background", "a", "b"], [(0, 0, 0)] * 3).any()
+
+
+def test_detector_weights_in_the_options_are_not_fetched_again_by_the_checkpoint(
+    tmp_path, coco_root
+):
+    torch.manual_seed(0)
+    source = build_model("maskrcnn_resnet50_fpn", 3, **TINY, frozen_bn=False)
+    torch.save(source.state_dict(), tmp_path / "detector.pth")
+    cfg = instance_config(tmp_path, coco_root)
+    cfg["model"]["options"]["weights"] = str(tmp_path / "detector.pth")
+    trainer = Trainer(config_from_dict(cfg), progress=False)
+    head = trainer.model.roi_heads.box_predictor.cls_score.weight
+    assert torch.equal(head, source.roi_heads.box_predictor.cls_score.weight)
+    assert "weights" not in trainer.meta()["model_options"]
+    assert trainer.meta()["category_ids"] == [0, 3, 7]
 
 
 def test_semantic_only_settings_are_refused_naming_them(tmp_path, coco_root):

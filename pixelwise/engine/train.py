@@ -222,7 +222,9 @@ class Trainer:
             "dataset": self.cfg.data.dataset,
             "mean": list(self.cfg.data.mean),
             "std": list(self.cfg.data.std),
-            "model_options": dict(self.cfg.model.options),
+            # Pretrained weights named in the options (Mask R-CNN's COCO "weights") are already in
+            # the state dict: loading the checkpoint must not fetch them again.
+            "model_options": {k: v for k, v in self.cfg.model.options.items() if k != "weights"},
             "run": self.run_info,
         }
 
