@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--classes", type=int, help="output classes (default: each paper's)")
     bench.add_argument("--runs", type=int, default=5, help="timed calls per figure (median)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed calls first")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.add_argument(
         "overrides", nargs="*", metavar="network.option=value",
@@ -455,6 +456,12 @@ def cmd_bench(args) -> int:
         warmup=args.warmup, runs=args.runs, model_options=options,
     )  # fmt: skip
     names = [name.strip() for name in args.models.split(",") if name.strip()]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise PixelwiseError(f"--threads {args.threads} must be at least 1.")
+        import torch
+
+        torch.set_num_threads(args.threads)
     results = bench_models(names, settings)
     print(format_table(results, settings))
     if json_path is not None:

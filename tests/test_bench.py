@@ -65,7 +65,7 @@ def test_cli_prints_the_table_and_writes_json(one_thread, tmp_path, capsys):
     out = tmp_path / "sub" / "bench.json"
     argv = ["bench", "--models", "unet", "--size", "32", "32", "--batch", "2", "--runs", "1"]
     argv += ["--warmup", "0", "--device", "cpu", "unet.padding=same", "unet.base_channels=8"]
-    code = main([*argv, "--json", str(out)])
+    code = main([*argv, "--threads", "1", "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
     assert printed.splitlines()[0].split()[:2] == ["model", "params"]
@@ -75,6 +75,7 @@ def test_cli_prints_the_table_and_writes_json(one_thread, tmp_path, capsys):
     assert row["model"] == "unet" and row["latency_ms"] > 0 and row["train_images_per_s"] > 0
     assert report["settings"]["size"] == [32, 32] and report["settings"]["batch"] == 2
     assert report["machine"]["torch"] == torch.__version__
+    assert report["machine"]["threads"] == 1
     assert report["command"].startswith("pixelwise ")
 
 
@@ -106,8 +107,9 @@ def test_cli_unknown_network_is_one_sentence_and_exit_2(capsys):
         (["--models", "enet", "padding=same"], ["network.option=value"]),
         (["--models", "enet", "--size", "0", "32"], ["--size 0 32"]),
         (["--models", ","], ["--models"]),
+        (["--models", "enet", "--threads", "0"], ["--threads 0"]),
     ],
-    ids=["instance", "options_of_another", "option_without_network", "size", "empty"],
+    ids=["instance", "options_of_another", "option_without_network", "size", "empty", "threads"],
 )
 def test_cli_refusals_before_any_work(argv, words, capsys):
     assert main(["bench", *argv, "--device", "cpu"]) == 2
