@@ -263,3 +263,28 @@ def test_evaluation_picture_has_a_row_of_generated_images(tmp_path):
     # The same fixed noise at every evaluation, whatever the global RNG did in between.
     torch.manual_seed(123)
     assert np.array_equal(trainer.prediction_picture(), picture)
+
+
+def test_distributed_training_is_refused_with_a_sentence(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        config = config_from_dict(gan_config(tmp_path))
+        from pixelwise.engine.task import task_for
+
+        task = task_for(config, 3, ["a", "b", "c"], [(0, 0, 0)] * 3)
+        model = build_model("gan_ss", 3, **config.model.options)
+        task.setup(model, torch.device("cpu"), None)
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        optimizer = torch.optim.Adam(model.parameters())
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        with pytest.raises(PixelwiseError, match="gan_ss trains in one process"):
+            task.train_step(
+                net, optimizer, scaler, torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32).long(),
+                amp=False,
+            )  # fmt: skip
+    finally:
+        dist.destroy_process_group()
