@@ -71,6 +71,16 @@ def test_parameter_counts_of_the_two_players():
     assert count_parameters(model) == sum(parts.values())
 
 
+def test_pixelwise_models_shows_each_players_parameters(capsys):
+    from pixelwise.cli import main
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("gan_ss "))
+    assert "3,582,163" in lines[row]
+    assert lines[row + 1].split() == ["=", "discriminator", "363,856,", "generator", "3,218,307"]
+
+
 def test_the_discriminator_is_any_catalogue_network():
     model = build_model(
         "gan_ss",
