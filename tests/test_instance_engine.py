@@ -212,8 +212,23 @@ def test_report_table_and_instance_drawing():
     )
     assert drawn.shape == rgb.shape and drawn[8, 8, 1] > 0 and drawn[8, 8, 0] == 0  # b's green
     assert not drawn[14, 14].any()  # outside the box and the mask
+    big = draw_instances(
+        rgb, found, ["background", "a", "b"], [(0, 0, 0), (255, 0, 0), (0, 255, 0)], scale=3
+    )
+    assert big.shape == (48, 48, 3) and big[25, 25, 1] > 0 and not big[44, 44].any()
     found["scores"] = torch.tensor([0.3])
     assert not draw_instances(rgb, found, ["background", "a", "b"], [(0, 0, 0)] * 3).any()
+
+
+def test_the_picture_shows_ground_truth_and_predictions_enlarged(tmp_path, coco_root):
+    from pixelwise.data import build_dataset
+
+    config = config_from_dict(instance_config(tmp_path, coco_root))
+    dataset = build_dataset("coco_instances", coco_root, split="val", class_set="file")
+    task = task_for(config, 3, dataset.classes, dataset.palette)
+    picture = task.picture(FixedDetector(), dataset, [0, 3], torch.device("cpu"))
+    assert picture.dtype == np.uint8 and picture.shape[2] == 3
+    assert picture.shape[0] > 2 * 144 and picture.shape[1] >= 2 * 3 * W  # 2 rows, x3, 2 panels
 
 
 def test_detector_weights_in_the_options_are_not_fetched_again_by_the_checkpoint(

@@ -47,7 +47,8 @@ from pixelwise.viz import denormalise, with_legend
 #: Detections scoring below this are left out of the painted map, the pictures and predict's
 #: outputs (COCO AP uses every detection, as COCOeval expects).
 SCORE_THRESHOLD = 0.5
-LOSS_TERMS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+#: Pictures of smaller images are enlarged by an integer factor to at least this height.
+MIN_PICTURE_HEIGHT = 128
 
 
 @dataclass(frozen=True)
@@ -253,8 +254,12 @@ class InstanceTask(Task):
             image, target = transforms(*dataset[i])
             found = model([image.to(device)])[0]
             rgb = denormalise(image, d.mean, d.std)
-            truth = draw_instances(rgb, target, self.classes, self.palette, score_threshold=None)
-            shown = draw_instances(rgb, _cpu(found), self.classes, self.palette)
+            # Small images are enlarged (nearest) so that names and scores stay legible.
+            scale = max(1, -(-MIN_PICTURE_HEIGHT // rgb.shape[0]))
+            truth = draw_instances(
+                rgb, target, self.classes, self.palette, score_threshold=None, scale=scale
+            )
+            shown = draw_instances(rgb, _cpu(found), self.classes, self.palette, scale=scale)
             rows.append(_side_by_side([truth, shown]))
         return with_legend(_stack(rows, ("ground truth", "prediction")), self.classes, self.palette)
 
@@ -268,15 +273,19 @@ def draw_instances(
     *,
     score_threshold: float | None = SCORE_THRESHOLD,
     alpha: float = 0.5,
+    scale: int = 1,
 ) -> np.ndarray:
     """Masks (class colour), boxes and "class score" labels over an HxWx3 uint8 image.
 
     ``instances`` is a target (masks NxHxW) or detections (masks Nx1xHxW probabilities,
     ``scores``); with ``score_threshold`` None every instance is drawn and no score is written.
-    Crowd regions of a target are drawn in grey.
+    Crowd regions of a target are drawn in grey. ``scale`` enlarges the picture by that integer
+    factor first (nearest neighbour), boxes and masks with it.
     """
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+    if scale > 1:
+        rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
     image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
     masks, boxes, labels = instances["masks"], instances["boxes"], instances["labels"]
     scores = instances.get("scores")
@@ -285,7 +294,9 @@ def draw_instances(
         keep = scores >= score_threshold
     if masks.dim() == 4:
         masks = masks[:, 0]
-    masks, boxes, labels = masks[keep] >= 0.5, boxes[keep].float(), labels[keep].tolist()
+    masks, boxes, labels = masks[keep] >= 0.5, boxes[keep].float() * scale, labels[keep].tolist()
+    if scale > 1:
+        masks = masks.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     if not labels:
         return rgb
     crowd = instances.get("iscrowd")
