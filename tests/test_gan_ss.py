@@ -298,3 +298,31 @@ def test_distributed_training_is_refused_with_a_sentence(tmp_path):
             )  # fmt: skip
     finally:
         dist.destroy_process_group()
+
+
+def test_generated_batches_leave_the_discriminators_running_statistics_alone(tmp_path):
+    import copy
+
+    from pixelwise.engine.task import task_for
+
+    cfg = gan_config(tmp_path)
+    cfg["model"]["options"]["discriminator_options"]["dropout"] = 0.0  # a deterministic forward
+    config = config_from_dict(cfg)
+    task = task_for(config, 3, ["a", "b", "c"], [(0, 0, 0)] * 3)
+    torch.manual_seed(0)
+    model = build_model("gan_ss", 3, **config.model.options)
+    task.setup(model, torch.device("cpu"), None)
+    images, masks = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32))
+    real_only = copy.deepcopy(model)
+    real_only(images)  # what the real batch alone does to the statistics
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    task.train_step(model, optimizer, scaler, images, masks, amp=False)
+    stats = [
+        k for k in model.discriminator.state_dict() if k.endswith(("running_mean", "running_var"))
+    ]
+    assert stats
+    for key in stats:
+        assert torch.equal(
+            model.discriminator.state_dict()[key], real_only.discriminator.state_dict()[key]
+        ), key
