@@ -71,6 +71,7 @@ def test_parameter_counts_of_the_two_players():
     assert count_parameters(model) == sum(parts.values())
 
 
+@pytest.mark.slow  # builds every registered network (on meta): seconds on a busy machine
 def test_pixelwise_models_shows_each_players_parameters(capsys):
     from pixelwise.cli import main
 
@@ -154,6 +155,7 @@ def gan_config(tmp_path, **train) -> dict:
     return cfg
 
 
+@pytest.mark.slow  # 16 two-player steps and 4 evaluations: ~8 s on a busy 2-core machine
 def test_training_logs_both_players_and_lowers_ds_supervised_loss(tmp_path):
     cfg = gan_config(tmp_path, iters=16, eval_every=4, log_every=4)
     trainer = Trainer(config_from_dict(cfg), run_dir=tmp_path / "run", progress=False)
@@ -185,6 +187,7 @@ def test_weak_variant_trains_on_image_level_labels_of_a_labelled_subset(tmp_path
     assert math.isfinite(record["train"]["g_adversarial"])
 
 
+@pytest.mark.slow  # three short runs: ~6 s on a busy 2-core machine
 def test_resume_continues_both_players_bit_identically(tmp_path):
     cfg = gan_config(tmp_path, iters=4, eval_every=4)
     straight = Trainer(config_from_dict(cfg), run_dir=tmp_path / "a", progress=False)
