@@ -41,10 +41,6 @@ REFERENCE = {
     # The authors' released VOC model (REFERENCE.md part C): classifier 134,342,484 + bridging
     # 158,350,848 + deconvolution net 14,757,058. No MACs: one decoder pass per detected class.
     "decouplednet": (307_450_390, None),
-    # GAN-SS has no published count (REFERENCE.md part C): ours with the choices of
-    # pixelwise/models/gan_ss.py, ENet discriminator (12 outputs: 363,856) + DCGAN-style generator
-    # (3,218,307); the MACs are the discriminator's, the only player that runs at evaluation.
-    "gan_ss": (3_582_163, 1.27),
     # torchvision's num_params of MaskRCNN_ResNet50_FPN(_V2)_Weights.COCO_V1 (v1 with frozen BN).
     # No MACs: a detector's cost depends on its proposals and detections (docs/models.md).
     "maskrcnn_resnet50_fpn": (44_401_393, None),
