@@ -7,7 +7,9 @@ The exported graph takes ``N x 3 x H x W`` float32 images, ``image / 255`` norma
 ``mean`` and ``std``, and returns ``N x C x H x W`` logits; batch, height and width are dynamic.
 After writing, the file is loaded back (onnxruntime, or ``torch.jit.load``) and run on a random
 batch of another size than the one traced; its logits must equal PyTorch's within 1e-4 (max abs),
-else the export is refused and nothing is left at ``out``.
+else the export is refused and nothing is left at ``out``. Where float32 PyTorch is itself further
+than that from float64 PyTorch on the check input (PSPNet-101's and RefineNet-152's depth, a
+max-unpooling tie), the file may differ from float32 PyTorch by twice that distance.
 
 Which ONNX exporter, and why. torch 2.14.1 has two: the TorchScript-based one (``dynamo=False``,
 which traces one forward) and the ``torch.export``-based one (``dynamo=True``). We use the
@@ -79,9 +81,10 @@ class ExportReport:
         check_shape: the N x 3 x H x W of the random input the file was checked on.
         max_difference: max abs difference of its logits from PyTorch's on that input.
         seconds: time to trace and write the file (the check not included).
-        tie: None, or where float32 PyTorch itself is more than 1e-4 from float64 PyTorch on the
-            check input (an argmax tie of max-unpooling), that distance; ``max_difference`` is
-            then measured against float64 PyTorch.
+        float32_distance: None when the file is within 1e-4 of float32 PyTorch; otherwise
+            float32 PyTorch's own distance from float64 PyTorch on the check input (deep
+            networks' rounding, or a max-unpooling tie), and the file passed by being within
+            twice that of float32 PyTorch.
     """
 
     path: Path
@@ -90,7 +93,7 @@ class ExportReport:
     check_shape: tuple[int, int, int, int]
     max_difference: float
     seconds: float
-    tie: float | None = None
+    float32_distance: float | None = None
 
 
 # -- operations made traceable ---------------------------------------------------------------------
@@ -295,18 +298,20 @@ def export_model(
             raise PixelwiseError(_cannot_export(name, fmt, error)) from None
         seconds = time.perf_counter() - start
         x, expected = _reference(net, candidates, name, size)
-        difference, tie = _difference(net, tmp, fmt, x, expected, name, size)
-        if not difference <= TOLERANCE:
+        difference, own = _difference(net, tmp, fmt, x, expected, name, size)
+        if not difference <= max(TOLERANCE, 2 * (own or 0.0)):
             raise PixelwiseError(
                 f"The {fmt} export of {name} gives logits that differ from PyTorch's by up to "
-                f"{difference:.3g} (more than {TOLERANCE:g}) on a random {_shape(x)} input, so "
-                f"{out} was not written."
+                f"{difference:.3g} (more than {TOLERANCE:g}) on a random {_shape(x)} input "
+                f"(the logits reach {np.abs(expected).max():.3g}; float32 PyTorch is itself "
+                f"{own:.2g} from float64 PyTorch there, and the file may differ by twice that), "
+                f"so {out} was not written."
             )
         os.replace(tmp, out)
     finally:
         model.train(was_training)
         tmp.unlink(missing_ok=True)
-    return ExportReport(out, fmt, size, tuple(x.shape), difference, seconds, tie)
+    return ExportReport(out, fmt, size, tuple(x.shape), difference, seconds, own)
 
 
 def _check_size(size: Sequence[int], what: str) -> tuple[int, int]:
@@ -387,7 +392,7 @@ def _difference(
     net: nn.Module, path: Path, fmt: str, x: Tensor, expected: np.ndarray, name: str, size: tuple
 ) -> tuple[float, float | None]:
     """Max abs difference between PyTorch's logits ``expected`` and the written file's on ``x``,
-    and where float32 PyTorch is more than 1e-4 from float64 PyTorch (a tie), that distance."""
+    and when that is above 1e-4, float32 PyTorch's own distance from float64 PyTorch (else None)."""
     try:
         if fmt == "torchscript":
             with torch.no_grad():
@@ -415,15 +420,14 @@ def _difference(
     difference = float(np.abs(got - expected).max())
     if difference <= TOLERANCE:
         return difference, None
-    # Max-unpooling (SegNet, ENet) puts each value where its pool's argmax was; where a pooled
-    # window holds values within rounding of each other (ReLU zeros against 1e-8), float32
-    # PyTorch on another memory layout, or in float64, moves a value by one pixel and the logits
-    # around it by 1e-3. Such a tie is the network's, not the export's: the file is held to
-    # float64 PyTorch there, and float32 PyTorch's own distance from it is reported beside.
+    # float32 itself can be further than 1e-4 from the exact function: PSPNet-101's and
+    # RefineNet-152's 100-150 layers round to 1e-4..1e-3, and max-unpooling (SegNet, ENet) moves
+    # a value by one pixel, and the logits around it by 1e-3, where a pooled window holds values
+    # within rounding of each other (ReLU zeros against 1e-8). Float64 PyTorch measures that
+    # floor; two float32 computations of one function can differ by twice it.
     with torch.no_grad():
-        exact = copy.deepcopy(net).double()(x.double()).float().numpy()
-    own = float(np.abs(expected - exact).max())
-    return min(difference, float(np.abs(got - exact).max())), own
+        exact = copy.deepcopy(net).double()(x.double()).numpy()
+    return difference, float(np.abs(expected - exact).max())
 
 
 def _first_line(text: str, limit: int = 200) -> str:

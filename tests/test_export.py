@@ -150,15 +150,28 @@ def test_torchscript_round_trip_and_metadata(tmp_path, demo_checkpoint, capsys):
 
 
 def _small(name: str) -> nn.Module:
-    """The network with 3 classes; parameters its paper initialises to zero (FCN's score layers)
-    made random, so that the logits compared are not all equal to a bias."""
+    """The network with 3 classes, with logits of a trained network's scale.
+
+    Parameters its paper initialises to zero (FCN's score layers) are made random, so that the
+    logits compared are not all one bias; batch-norm statistics are those of one random batch,
+    as training leaves them: with the initial ones (mean 0, variance 1) a random ResNet-101/152
+    trunk grows its activations block by block, and RefineNet-152's logits reach values whose
+    float32 rounding alone is above 1e-4.
+    """
     torch.manual_seed(0)
-    model = build_model(name, 3, **SMALL_OPTIONS.get(name, {})).eval()
+    model = build_model(name, 3, **SMALL_OPTIONS.get(name, {}))
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
         for parameter in model.parameters():
             if not parameter.any():
                 parameter.normal_(0.0, 0.01)
-    return model
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a plain average over the calibration batch
+        if norms:
+            model.train()
+            model(torch.randn(2, 3, 64, 64))
+    return model.eval()
 
 
 @needs_onnxruntime
@@ -174,7 +187,10 @@ def test_every_semantic_network_exports_to_onnx_with_dynamic_sizes(tmp_path, nam
     out = tmp_path / f"{name}.onnx"
     report = export_model(_small(name), out, "onnx", size=(32, 48), name=name)
     assert report.check_shape == (2, 3, 45, 53)
-    assert report.max_difference <= TOLERANCE
+    if report.float32_distance is None:
+        assert report.max_difference <= TOLERANCE
+    else:  # float32 PyTorch itself is that far from float64 PyTorch (depth, unpooling ties)
+        assert TOLERANCE < report.max_difference <= 2 * report.float32_distance
     assert out.is_file()
 
 
@@ -231,6 +247,26 @@ def test_a_graph_that_only_holds_its_traced_size_is_refused(tmp_path):
     with pytest.raises(PixelwiseError, match="does not export with dynamic sizes"):
         export_model(_SizeBaked(), out, "onnx", size=(16, 16), name="toy")
     assert not out.exists()
+
+
+class _WidthBaked(nn.Module):
+    """Scales by the width as a Python float: the trace keeps the traced width as a constant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * float(x.shape[-1])
+
+
+@needs_onnxruntime
+def test_logits_that_differ_are_refused_with_the_difference(tmp_path):
+    out = tmp_path / "x.onnx"
+    with pytest.raises(PixelwiseError) as caught:
+        export_model(_WidthBaked(), out, "onnx", size=(16, 16), name="toy")
+    message = str(caught.value)
+    assert message.startswith(
+        "The onnx export of toy gives logits that differ from PyTorch's by up to "
+    )
+    assert "on a random 2x3x29x21 input" in message and f"so {out} was not written" in message
+    assert "\n" not in message and not out.exists()
 
 
 @pytest.mark.parametrize("size", [(13, 7), (8, 12), (61, 45)])
