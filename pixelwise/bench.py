@@ -299,7 +299,9 @@ def time_inference(
         with torch.inference_mode(), autocast(device, amp):
             model(x)
 
-    return median_seconds(step, device, settings.warmup, settings.runs)
+    # A compiled network compiles (again, for a new batch) on its first call: never timed.
+    warmup = max(settings.warmup, 1) if settings.compile else settings.warmup
+    return median_seconds(step, device, warmup, settings.runs)
 
 
 def time_training(
