@@ -299,7 +299,9 @@ class DecoupledNet(nn.Module):
         score = feats.score_map[image]
         count, classes, height, width = score.shape
         flat = score.detach().flatten(2)
-        grad = torch.zeros_like(flat).scatter_(2, flat.argmax(2, keepdim=True), weights[..., None])
+        grad = torch.zeros_like(flat).scatter_(
+            2, flat.argmax(2, keepdim=True), weights[..., None].to(flat.dtype)
+        )
         grad = grad.view(count, classes, height, width)
         trunk = self.trunk
         d7 = F.conv_transpose2d(grad, self.cls_score.weight.detach())
