@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -230,3 +232,38 @@ def test_trains_through_the_engine_with_both_terms_logged_and_resumes(tmp_path, 
     assert resumed.step == 2 and report is not None and 0.0 <= report.score <= 1.0
     record = json.loads((last.parent / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"classification", "figure_ground"} <= set(record["train"])
+
+
+# -- pinned function -----------------------------------------------------------------------------
+PINNED = Path(__file__).parent / "data" / "logits" / "decouplednet.pt"
+
+
+def _pinned_forward() -> dict:
+    """Seeded weights (state-dict order), a fixed input and fixed pairs, eval mode: the class
+    logits and figure-ground logits, which no detection threshold touches."""
+    from tests.test_stored_logits import fill_deterministically
+
+    model = build_model("decouplednet", 4, **SMALL).eval()
+    shapes = fill_deterministically(model)
+    x = torch.randn(2, 3, 37, 53, generator=torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        out = model(x, torch.tensor([[0, 0], [0, 2], [1, 1]]))
+    return {
+        "shapes": shapes,
+        "class_logits": out.class_logits,
+        "figure_ground": out.figure_ground[..., ::3, ::3],
+    }
+
+
+def test_outputs_are_the_stored_ones():
+    stored = torch.load(PINNED, weights_only=True)
+    got = _pinned_forward()
+    assert got["shapes"] == [tuple(s) for s in stored["shapes"]], "parameter shapes/order changed"
+    torch.testing.assert_close(got["class_logits"], stored["class_logits"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got["figure_ground"], stored["figure_ground"], rtol=1e-4, atol=1e-4)
+
+
+if __name__ == "__main__":  # python -m tests.test_decouplednet writes the pinned outputs
+    PINNED.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(_pinned_forward(), PINNED)
+    print(f"wrote {PINNED}")
