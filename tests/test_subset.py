@@ -139,7 +139,9 @@ def test_labeled_subset_view_holds_the_labelled_samples_only(shapes):
     view = apply_labeled_subset(shapes, cfg)
     picked = labeled_subset(shapes, cfg)
     assert isinstance(view, LabeledSubset) and len(view) == 5
-    assert view.classes == shapes.classes and view.num_classes == 6 and view.palette == shapes.palette
+    assert (
+        view.classes == shapes.classes and view.num_classes == 6 and view.palette == shapes.palette
+    )
     for position, index in enumerate(picked):
         assert torch.equal(view[position][1], shapes[index][1])
     assert apply_labeled_subset(shapes, _config()) is shapes  # nothing configured: unchanged
