@@ -283,6 +283,12 @@ def export_model(
         raise PixelwiseError(
             f"ONNX opset {opset} is not supported by torch's exporter; give --opset {low}..{high}."
         )
+    devices = {str(t.device) for t in [*model.parameters(), *model.buffers()]}
+    if devices - {"cpu"}:
+        raise PixelwiseError(
+            f"{name} is on {', '.join(sorted(devices))}; export traces and checks it on the CPU, "
+            "so move it there first (model.cpu())."
+        )
     metadata = dict(metadata or {})
     tmp = out.with_name(out.name + ".tmp")
     was_training = model.training
