@@ -17,9 +17,9 @@ TorchScript-based one. Measured here on two busy CPU cores with small networks: 
 in 0.3 s and FC-DenseNet56 in 0.8 s where the dynamo exporter took 24 s and 121 s; the dynamo
 exporter also refuses ENet in ``torch.export`` (the ceil-pool padding by ``h % 2`` on symbolic
 sizes) and LinkNet in the ONNX conversion (a transposed conv with a symbolic ``output_size``),
-while the TorchScript one records every size computation of our networks as graph operations,
-so the graphs stay dynamic. Two operations still need help, and :func:`portable_ops` gives it
-while tracing, for both ONNX and TorchScript, without touching the model:
+while the TorchScript one records the size computations of our networks as graph operations, so
+the graphs stay dynamic. Three operations still need help, and :func:`portable_ops` gives it while
+tracing, without touching the model:
 
 - ``max_unpool2d`` with ``output_size`` (SegNet, ENet): the TorchScript exporter has no symbolic
   for it and torch's own size check fails on traced sizes; it is traced as the equivalent scatter
@@ -30,10 +30,12 @@ while tracing, for both ONNX and TorchScript, without touching the model:
   would be wrong at a size of the other parity. It is traced with the largest output padding
   the stride allows, then cropped to the requested size: output padding only appends rows and
   columns at the bottom and right, so the crop is exactly the same function.
+- ``adaptive_avg_pool2d`` to bins other than 1x1 (PSPNet's 2, 3 and 6), for ONNX only: the
+  exporter needs a static input size for it ("input size not accessible"); it is traced as two
+  matrix products with averaging matrices built from the traced size over torch's own bins.
 
-Adaptive average pooling (PSPNet's bins), U-Net's crop and FC-DenseNet's concatenations need
-nothing: their sizes are traced as arithmetic on the input's shape. docs/export.md lists what each
-registered network does.
+U-Net's crop, FC-DenseNet's concatenations, FCN's crops and the bilinear resizes need nothing.
+docs/export.md lists what each registered network does, with the differences measured.
 """
 
 from __future__ import annotations
