@@ -318,7 +318,7 @@ def time_training(
         amp: autocast, used as given (with a GradScaler on CUDA).
         settings: size, batch, channels_last, compile, warm-up and runs.
     """
-    with _peak_memory(device) as peak:
+    with peak_memory(device) as peak:
         torch.manual_seed(0)
         model = prepare_model(fresh(), device, settings).train()
         # A small learning rate keeps the weights (and so the kernels' speed) from blowing up.
@@ -349,7 +349,7 @@ class _Peak:
 
 
 @contextlib.contextmanager
-def _peak_memory(device: torch.device) -> Iterator[_Peak]:
+def peak_memory(device: torch.device) -> Iterator[_Peak]:
     """Peak memory of the block above what was in use when it began (see the module docstring)."""
     peak = _Peak()
     _release(device)

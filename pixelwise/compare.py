@@ -360,11 +360,11 @@ class _Trained:
 
 def _train(config: Config, run_dir: Path, progress: bool | None) -> _Trained:
     """Train one network to its budget in ``run_dir``, measuring time and peak memory."""
-    from pixelwise.bench import _peak_memory  # the measure pixelwise bench reports
+    from pixelwise.bench import peak_memory  # the measure pixelwise bench reports
     from pixelwise.engine.train import Trainer
 
     trainer = Trainer(config, run_dir=run_dir, progress=progress)
-    with _peak_memory(trainer.device) as peak:
+    with peak_memory(trainer.device) as peak:
         started = time.perf_counter()
         report = trainer.fit()
         seconds = time.perf_counter() - started - trainer.eval_seconds
