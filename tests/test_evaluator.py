@@ -62,3 +62,5 @@ def test_eval_command_notebook_and_trainer_validation_give_the_same_scores(tmp_p
     assert result.split == "val" and len(result.dataset) == 4
     assert result.report.mean_iou == during_training.mean_iou == from_cli["mean_iou"]
     assert result.report.score == result.report.mean_iou
+    # README's three lines: the table `pixelwise eval` prints.
+    assert result.report.format(result.dataset.classes).splitlines()[-1].startswith("mIoU")
