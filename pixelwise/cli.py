@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from pixelwise.engine.rundir import output_folder as _output_folder
 from pixelwise.errors import PixelwiseError
 
 
@@ -240,22 +241,6 @@ def _run_training(config, resume: str | None) -> int:
         "predictions.png, tensorboard/)"
     )
     return 0
-
-
-def _output_folder(path: Path, flag: str) -> Path:
-    """Create ``path`` (and its parents) for output, or refuse in one sentence before any work."""
-    if path.exists() and not path.is_dir():
-        raise PixelwiseError(f"{flag} {path} is a file, not a folder; give a folder for the outputs.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PixelwiseError(
-            f"{flag} {path} cannot be created ({(error.strerror or str(error)).lower()}); "
-            "give a folder you may write to."
-        ) from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PixelwiseError(f"{flag} {path} is not writable; give a folder you may write to.")
-    return path
 
 
 def _output_file(path: Path, flag: str, example: str) -> Path:

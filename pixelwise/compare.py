@@ -46,6 +46,7 @@ import yaml
 from torch import nn
 
 from pixelwise.config import Config, apply_overrides, config_from_dict
+from pixelwise.engine.rundir import output_folder
 from pixelwise.errors import PixelwiseError
 
 COMPARISON_FILES = ("comparison.md", "comparison.json", "comparison.png")
@@ -453,14 +454,7 @@ def prepare_out(out: Path, names: Sequence[str]) -> Path:
             f"--out {out} already holds {taken[0].name}; give a new --out folder so that no "
             "earlier comparison or run is overwritten."
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PixelwiseError(
-            f"--out {out} cannot be created ({(error.strerror or str(error)).lower()}); "
-            "give a folder you may write to."
-        ) from None
-    return out
+    return output_folder(out, "--out")
 
 
 def run_comparison(settings: CompareSettings, out: str | Path) -> Comparison:

@@ -4,6 +4,7 @@ and Ctrl-C / SIGTERM turned into a clean stop that saves a resumable checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,22 @@ def new_run_dir(out_dir: str, name: str) -> Path:
             f"({(error.strerror or str(error)).lower()}); set train.out_dir to a folder you may write to."
         ) from None
     return candidate
+
+
+def output_folder(path: Path, flag: str) -> Path:
+    """Create ``path`` (and its parents) for output, or refuse in one sentence before any work."""
+    if path.exists() and not path.is_dir():
+        raise PixelwiseError(f"{flag} {path} is a file, not a folder; give a folder for the outputs.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PixelwiseError(
+            f"{flag} {path} cannot be created ({(error.strerror or str(error)).lower()}); "
+            "give a folder you may write to."
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PixelwiseError(f"{flag} {path} is not writable; give a folder you may write to.")
+    return path
 
 
 class StopRequest:
