@@ -103,6 +103,10 @@ class TrainConfig:
     sync_bn: bool = False
     # Skip a batch whose loss or gradients are inf/NaN (no update) instead of stopping the run.
     skip_nonfinite: bool = False
+    # DecoupledNet only: the first N iterations train the classifier alone, the rest the
+    # segmentation stage with the classifier frozen (the release's two runs; the schedule starts
+    # again at N). 0 trains both at once.
+    classifier_iters: int = 0
 
 
 @dataclass
@@ -140,6 +144,7 @@ _AT_LEAST = {
     ("schedule", "milestones"): 1,
     ("schedule", "warmup_iters"): 0,
     ("loss", "top_k"): 1,
+    ("train", "classifier_iters"): 0,
     ("train", "epochs"): 1,
     ("train", "iters"): 1,
     ("train", "eval_every"): 1,

@@ -234,6 +234,51 @@ def test_trains_through_the_engine_with_both_terms_logged_and_resumes(tmp_path, 
     assert {"classification", "figure_ground"} <= set(record["train"])
 
 
+def _changed(before: dict, after: dict, prefixes: tuple[str, ...]) -> set[str]:
+    """Which of the state entries under ``prefixes`` differ between two state dicts."""
+    return {
+        k for k in before if k.startswith(prefixes) and not torch.equal(before[k], after[k])
+    }
+
+
+def test_two_stages_train_the_classifier_then_the_segmentation_with_it_frozen(
+    tmp_path, one_thread
+):
+    from pixelwise.engine.train import Trainer
+
+    cfg = _tiny_run(tmp_path, iters=4, eval_every=4)
+    cfg.train.classifier_iters = 2
+    trainer = Trainer(cfg, progress=False)
+    classifier, segmentation = ("trunk.", "cls_score."), ("bridge.", "decoder.", "seg_score.")
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit(max_steps=2)
+    stage1 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit(max_steps=4)
+    stage2 = trainer.model.state_dict()
+    # stage 1 moved the classifier only (BN statistics of the stand-in pass aside)
+    assert any(k.endswith(".weight") for k in _changed(start, stage1, classifier))
+    assert not {k for k in _changed(start, stage1, segmentation) if not k.endswith(
+        ("running_mean", "running_var", "num_batches_tracked"))}
+    # stage 2 froze the classifier, its BatchNorm statistics included, and trained the rest
+    assert not _changed(stage1, stage2, classifier)
+    assert any(k.endswith(".weight") for k in _changed(stage1, stage2, segmentation))
+
+
+def test_the_stages_are_refused_where_they_do_not_apply(tmp_path):
+    from pixelwise.config import config_from_dict
+    from pixelwise.engine.train import Trainer
+    from tests.test_engine import tiny_config
+
+    cfg = _tiny_run(tmp_path, iters=4)
+    cfg.train.classifier_iters = 4
+    with pytest.raises(PixelwiseError, match="classifier_iters is 4.*none for the segmentation"):
+        Trainer(cfg, progress=False)
+    unet = config_from_dict(tiny_config(tmp_path / "runs", iters=4))
+    unet.train.classifier_iters = 2
+    with pytest.raises(PixelwiseError, match="classifier_iters is 2.*decouplednet only"):
+        Trainer(unet, progress=False)
+
+
 # -- pinned function -----------------------------------------------------------------------------
 PINNED = Path(__file__).parent / "data" / "logits" / "decouplednet.pt"
 

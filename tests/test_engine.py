@@ -61,6 +61,19 @@ def test_step_schedule_in_epochs_and_warmup():
     assert lrs[4:10] == pytest.approx([1.0] * 6) and lrs[10:] == pytest.approx([0.1, 0.1])
 
 
+def test_a_staged_schedule_starts_again_with_its_warmup_at_each_stage():
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    cfg = ScheduleConfig(name="poly", power=1.0, warmup_iters=2, warmup_factor=0.0)
+    sched = build_scheduler(opt, cfg, total_iters=10, iters_per_epoch=5, stage_starts=[0, 6])
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # stage 1: 6 iterations (warm-up 0, 1/2, then poly 1 - k/6); stage 2: 4 iterations, the same
+    assert lrs == pytest.approx([0.0, 0.5 * 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0, 0.5 * 3 / 4, 2 / 4, 1 / 4])
+
+
 def test_sampler_is_reproducible_and_shards_disjointly():
     a = list(EpochBatchSampler(10, 3, seed=1, epoch=2))
     assert a == list(EpochBatchSampler(10, 3, seed=1, epoch=2))

@@ -11,16 +11,21 @@ The task of :mod:`pixelwise.models.decouplednet` (``task="decoupled"``). Each st
   cross entropy against the binary mask (pixels of the class 1, of other classes 0, 255 ignored),
   as the release's ``select_seg_binary`` layer builds it; the mean over the pairs' pixels.
 
-The total is their sum; both are logged (``train/classification``, ``train/figure_ground``).
+Both terms are logged (``train/classification``, ``train/figure_ground``). With
+``train.classifier_iters: N`` the run has the release's two stages: the first N iterations
+minimise the classification term alone, the rest the figure-ground term alone with the classifier
+frozen (its parameters never updated, its BatchNorm on running statistics); the schedule starts
+again at N, as a second run would. With N = 0 (the default) the loss is their sum from the first
+step, and the classifier still learns from the image-level labels alone (see below).
 Evaluation, ``eval``, ``predict`` and ``compare`` treat the model like any other: its ``forward``
 returns the combined map's log-scores, whose softmax is the combined map.
 
 Deviations from the release (``training/00*``, REFERENCE.md part C):
 
-- One run trains both stages at once; the release trains the classifier first (recipe
-  unconfirmed) and then the segmentation stage with the classifier frozen. The segmentation loss
-  still never reaches the classifier (the model detaches pool5 and the class-specific map), so
-  the classifier learns from the image-level labels alone, as in the release.
+- Both stages are one run (``train.classifier_iters``) on one data stream, where the release has
+  two runs; the classifier stage's recipe is unconfirmed. With ``classifier_iters: 0`` both train
+  at once; the segmentation loss still never reaches the classifier (the model detaches pool5 and
+  the class-specific map).
 - The labelled images are repeated to about half of the stream
   (:class:`~pixelwise.engine.gan_task.Balanced`), so that each batch has figure-ground pairs; the
   release draws batches of image-class pairs from the strong set only.
@@ -39,8 +44,10 @@ from torch import Tensor, nn
 
 from pixelwise.data.base import IGNORE_INDEX
 from pixelwise.data.subset import apply_labeled_subset, dict_target_transform
+from pixelwise.engine.distributed import unwrap
 from pixelwise.engine.gan_task import Balanced
 from pixelwise.engine.task import Task, register_task
+from pixelwise.errors import PixelwiseError
 
 
 def figure_ground_pairs(image_labels: Tensor, labeled: Tensor) -> Tensor:
@@ -79,7 +86,38 @@ def decoupled_loss(output: Any, targets: dict[str, Tensor], pairs: Tensor) -> di
 
 @register_task("decoupled")
 class DecoupledTask(Task):
-    """Classification on every image, figure-ground segmentation on the labelled ones."""
+    """Classification on every image, figure-ground segmentation on the labelled ones; in two
+    stages with ``train.classifier_iters`` (see the module docstring)."""
+
+    staged = True
+
+    def stage_starts(self, total_iters: int) -> list[int]:
+        first = self.cfg.train.classifier_iters
+        if not first:
+            return [0]
+        if first >= total_iters:
+            raise PixelwiseError(
+                f"train.classifier_iters is {first}, but the run has {total_iters} iterations in "
+                "all, which leaves none for the segmentation stage; make it smaller than "
+                "train.iters (e.g. two thirds of it)."
+            )
+        return [0, first]
+
+    @property
+    def stage(self) -> str:
+        """``"both"``, ``"classifier"`` or ``"segmentation"``: what the coming step trains."""
+        first = self.cfg.train.classifier_iters
+        if not first:
+            return "both"
+        return "classifier" if self.step < first else "segmentation"
+
+    def frozen_parameters(self, net: nn.Module) -> list[nn.Parameter]:
+        model = unwrap(net)
+        classifier = [*model.trunk.parameters(), *model.cls_score.parameters()]
+        if self.stage == "classifier":
+            ids = {id(p) for p in classifier}
+            return [p for p in model.parameters() if id(p) not in ids]
+        return classifier if self.stage == "segmentation" else []
 
     def train_dataset(self, dataset: Any) -> Any:
         """Every training image with its image-level labels; masks only on the labelled subset,
@@ -108,7 +146,16 @@ class DecoupledTask(Task):
     def loss(
         self, net: nn.Module, inputs: Tensor, targets: Any
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        stage = self.stage
+        # The frozen classifier segments on its running statistics, as at inference.
+        unwrap(net).trunk.train(stage != "segmentation")
         pairs = figure_ground_pairs(targets["image_labels"], targets["labeled"])
+        if stage == "classifier":
+            pairs = pairs[:0]  # the stand-in pair below keeps every parameter in the graph
         run = pairs if pairs.shape[0] else pairs.new_zeros(1, 2)
         terms = decoupled_loss(net(inputs, run), targets, pairs)
-        return terms["classification"] + terms["figure_ground"], terms
+        # A stage's frozen term stays in the graph at weight 0: DistributedDataParallel expects a
+        # gradient for every parameter; frozen_parameters() drops them before the update.
+        weights = {"classification": float(stage != "segmentation"),
+                   "figure_ground": float(stage != "classifier")}  # fmt: skip
+        return sum(terms[k] * w for k, w in weights.items()), terms

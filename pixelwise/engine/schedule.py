@@ -8,7 +8,8 @@ iteration, with ``unit: epoch`` schedules converted to iterations with the loade
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
 
 import torch
 from torch.optim import Optimizer
@@ -67,9 +68,19 @@ def lr_factor(cfg: ScheduleConfig, step: int, total_iters: int, iters_per_epoch:
 
 
 def build_scheduler(
-    optimizer: Optimizer, cfg: ScheduleConfig, total_iters: int, iters_per_epoch: int
+    optimizer: Optimizer,
+    cfg: ScheduleConfig,
+    total_iters: int,
+    iters_per_epoch: int,
+    stage_starts: Sequence[int] = (0,),
 ) -> LambdaLR:
+    """The schedule over ``total_iters``; with several ``stage_starts`` it runs once per stage
+    (warm-up included), as separate runs of each stage would."""
     base_lr = optimizer.param_groups[0]["lr"]
-    return LambdaLR(
-        optimizer, lambda step: lr_factor(cfg, step, total_iters, iters_per_epoch, base_lr)
-    )
+    bounds = [*sorted(stage_starts), total_iters]
+
+    def factor(step: int) -> float:
+        start, end = next((a, b) for a, b in pairwise(bounds) if step < b or b == total_iters)
+        return lr_factor(cfg, step - start, end - start, iters_per_epoch, base_lr)
+
+    return LambdaLR(optimizer, factor)

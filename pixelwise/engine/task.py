@@ -166,6 +166,8 @@ class Task:
     """
 
     name: ClassVar[str] = "semantic"
+    #: Whether the task trains in stages (``train.classifier_iters``); others refuse the setting.
+    staged: ClassVar[bool] = False
 
     def __init__(
         self, config: Config, num_classes: int, classes: Sequence[str], palette: Sequence
@@ -175,6 +177,24 @@ class Task:
         self.classes = list(classes)
         self.palette = [tuple(c) for c in palette]
         self.criterion: nn.Module | None = None
+        # The Trainer's iteration (0-based) of the step about to run, set before each step.
+        self.step = 0
+        if config.train.classifier_iters and not self.staged:
+            raise PixelwiseError(
+                f"train.classifier_iters is {config.train.classifier_iters}, but "
+                f"{config.model.name} ({self.name} task) trains in one stage; it applies to "
+                "decouplednet only. Remove it from the config."
+            )
+
+    def stage_starts(self, total_iters: int) -> list[int]:
+        """The iterations at which a training stage begins; the schedule starts again at each."""
+        del total_iters
+        return [0]
+
+    def frozen_parameters(self, net: nn.Module) -> list[nn.Parameter]:
+        """Parameters the coming update must leave alone (their gradients are dropped)."""
+        del net
+        return []
 
     # -- data ----------------------------------------------------------------------------------
     def train_dataset(self, dataset: Any) -> Any:
@@ -249,6 +269,8 @@ class Task:
             loss, terms = self.loss(net, inputs, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        for parameter in self.frozen_parameters(net):
+            parameter.grad = None  # the optimizer skips it, weight decay and momentum included
         value = float(loss.detach())
         finite = math.isfinite(value)
         if finite and skip_nonfinite and not scaler.is_enabled():

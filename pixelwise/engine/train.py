@@ -160,7 +160,8 @@ class Trainer:
         t = config.train
         self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
         self.scheduler = build_scheduler(
-            self.optimizer, config.schedule, self.total_iters, self.iters_per_epoch
+            self.optimizer, config.schedule, self.total_iters, self.iters_per_epoch,
+            self.task.stage_starts(self.total_iters),
         )
         # Autocast where it pays: on an AVX2-only CPU bf16 is slower than fp32, so the run says so
         # once and trains in fp32, and run.json records what ran ("amp": false).
@@ -344,6 +345,7 @@ class Trainer:
                         batch, self.device, self.cfg.train.channels_last
                     )
                     skip = self.cfg.train.skip_nonfinite
+                    self.task.step = self.step
                     result = self.task.train_step(
                         self.net, self.optimizer, self.scaler, inputs, targets,
                         amp=self.amp, skip_nonfinite=skip,
