@@ -302,3 +302,46 @@ def dict_target_transform(
         return image, {**target, "mask": mask}
 
     return apply
+
+
+class Balanced(Dataset):
+    """A :class:`SemiSupervised` split whose labelled samples are repeated so that they make up
+    about half of an epoch's samples.
+
+    Salimans et al. and Odena draw a labelled and an unlabelled batch of the same size at every
+    step; the engine has one stream, so the labelled images are repeated
+    ``round(unlabelled / labelled)`` times instead (1/8 labelled: each 7 times). An epoch is then
+    every unlabelled image once and every labelled one r times; with all samples labelled (or none
+    unlabelled) it is the split itself. The order is a pure function of the subset.
+
+    Attributes:
+        source: the :class:`SemiSupervised` view (its masks, classes, palette, labelled flags).
+        positions: the source index of each of this dataset's samples.
+    """
+
+    def __init__(self, source: SemiSupervised) -> None:
+        self.source = source
+        labelled = source.labeled_indices
+        unlabelled = len(source) - len(labelled)
+        repeats = max(1, round(unlabelled / len(labelled))) if labelled else 1
+        self.repeats = repeats
+        self.positions = list(range(len(source))) + [
+            i for i in labelled for _ in range(repeats - 1)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        return self.source[self.positions[index]]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def is_labeled(self, index: int) -> bool:
+        return self.source.is_labeled(self.positions[index])
+
+    def __repr__(self) -> str:
+        return f"Balanced({self.source!r}, labelled x{self.repeats})"

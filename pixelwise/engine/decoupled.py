@@ -27,7 +27,7 @@ Deviations from the release (``training/00*``, REFERENCE.md part C):
   at once; the segmentation loss still never reaches the classifier (the model detaches pool5 and
   the class-specific map).
 - The labelled images are repeated to about half of the stream
-  (:class:`~pixelwise.engine.gan_task.Balanced`), so that each batch has figure-ground pairs; the
+  (:class:`~pixelwise.data.subset.Balanced`), so that each batch has figure-ground pairs; the
   release draws batches of image-class pairs from the strong set only.
 - Random crops of ``data.crop_size`` keep the image-level labels of the whole image; the recipes
   here resize instead (a class cropped away would be a wrong label).
@@ -43,9 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.data.base import IGNORE_INDEX
-from pixelwise.data.subset import apply_labeled_subset, dict_target_transform
+from pixelwise.data.subset import Balanced, apply_labeled_subset, dict_target_transform
 from pixelwise.engine.distributed import unwrap
-from pixelwise.engine.gan_task import Balanced
 from pixelwise.engine.task import Task, register_task
 from pixelwise.errors import PixelwiseError
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from pixelwise.config import Config
 from pixelwise.data.base import IGNORE_INDEX
 from pixelwise.data.subset import (
-    SemiSupervised,
+    Balanced,
     apply_labeled_subset,
     dict_target_transform,
     image_labels_of,
@@ -162,7 +162,8 @@ class GANSSTask(Task):
     # -- data ----------------------------------------------------------------------------------
     def train_dataset(self, dataset: Any) -> Any:
         """Every training sample, those outside the labelled subset with all-ignore masks, the
-        labelled ones repeated so that they make up about half of the stream (:class:`Balanced`)."""
+        labelled ones repeated so that they make up about half of the stream
+        (:class:`~pixelwise.data.subset.Balanced`)."""
         semi = apply_labeled_subset(
             dataset, self.cfg, keep_unlabeled=True, targets="dict" if self.conditional else "mask"
         )
@@ -337,49 +338,6 @@ class GANSSTask(Task):
         images = (gan.generator(noise, size, labels) + 1) / 2
         row = [(x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy() for x in images]
         return stack_under(grid, image_row(row, "generated (fixed noise)"))
-
-
-class Balanced(torch.utils.data.Dataset):
-    """A :class:`SemiSupervised` split whose labelled samples are repeated so that they make up
-    about half of an epoch's samples.
-
-    Salimans et al. and Odena draw a labelled and an unlabelled batch of the same size at every
-    step; the engine has one stream, so the labelled images are repeated
-    ``round(unlabelled / labelled)`` times instead (1/8 labelled: each 7 times). An epoch is then
-    every unlabelled image once and every labelled one r times; with all samples labelled (or none
-    unlabelled) it is the split itself. The order is a pure function of the subset.
-
-    Attributes:
-        source: the :class:`SemiSupervised` view (its masks, classes, palette, labelled flags).
-        positions: the source index of each of this dataset's samples.
-    """
-
-    def __init__(self, source: SemiSupervised) -> None:
-        self.source = source
-        labelled = source.labeled_indices
-        unlabelled = len(source) - len(labelled)
-        repeats = max(1, round(unlabelled / len(labelled))) if labelled else 1
-        self.repeats = repeats
-        self.positions = list(range(len(source))) + [
-            i for i in labelled for _ in range(repeats - 1)
-        ]
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
-        return self.source[self.positions[index]]
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "source":
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
-    def is_labeled(self, index: int) -> bool:
-        return self.source.is_labeled(self.positions[index])
-
-    def __repr__(self) -> str:
-        return f"Balanced({self.source!r}, labelled x{self.repeats})"
 
 
 # How many generated images the evaluation picture shows.

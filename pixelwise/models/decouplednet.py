@@ -44,8 +44,9 @@ Deviations:
   converted by :func:`~pixelwise.models.fcn.vgg16_to_fcn_state_dict`) instead of the Caffe VGG16;
   the padding of the square is 0 in the normalised input (the mean colour), not black.
 - Classification stage: its training recipe is unconfirmed (REFERENCE.md part C); here it is the
-  multi-label BCE on the AVE-pooled scores, trained in the same run as the segmentation stage
-  (see :mod:`pixelwise.engine.decoupled`), not in a separate earlier run.
+  multi-label BCE on the AVE-pooled scores, in the same run as the segmentation stage: first
+  alone, then frozen (``train.classifier_iters``), or both at once (see
+  :mod:`pixelwise.engine.decoupled`).
 - ``width_divisor`` and ``fc_kernel`` build narrower, smaller variants (all channel counts divided,
   the 7x7 fc kernels shrunk) for small inputs such as the built-in shapes, and ``batch_norm`` puts
   BN in the classifier's convs for training from scratch; the paper's setting is
