@@ -12,6 +12,8 @@ BCE, and the val mIoU of the combined map with the detected classes and with the
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,19 @@ from pixelwise.engine.evaluate import split_dataset
 from pixelwise.engine.model_io import load_model
 from pixelwise.engine.task import task_for
 from pixelwise.metrics import ConfusionMatrix
+from pixelwise.models.decouplednet import DecoupledNet
+
+
+@contextmanager
+def true_labels_as_detections(model: DecoupledNet, present: torch.Tensor) -> Iterator[None]:
+    """Within the block the model segments the classes ``present`` (N x K booleans) names instead
+    of the ones its classifier detects: the segmentation stage scored on its own."""
+    detect = model.detect
+    model.detect = lambda _feats: present
+    try:
+        yield
+    finally:
+        model.detect = detect
 
 
 @torch.no_grad()
@@ -34,7 +49,6 @@ def score(checkpoint: str) -> dict[str, float]:
     oracle_cm = ConfusionMatrix(classes, device="cpu")
     correct = total = 0
     bce = 0.0
-    detect = model.detect
     for i in range(len(dataset)):
         image, mask = transforms(*dataset[i])
         x = image[None]
@@ -45,11 +59,8 @@ def score(checkpoint: str) -> dict[str, float]:
         correct += int(((torch.sigmoid(logits) > model.threshold) == (truth > 0)).sum())
         total += truth.numel()
         detected_cm.update(model(x).argmax(1), mask[None])
-        model.detect = lambda _feats, truth=truth: truth > 0  # the true labels as detections
-        try:
+        with true_labels_as_detections(model, truth > 0):
             oracle_cm.update(model(x).argmax(1), mask[None])
-        finally:
-            model.detect = detect
     return {
         "classifier_accuracy": correct / total,
         "classifier_bce": bce,

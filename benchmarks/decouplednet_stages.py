@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from decouplednet_parts import true_labels_as_detections
 from torch import Tensor
 
 from pixelwise.data.shapes import SHAPES_CLASSES, render_sample
+from pixelwise.data.subset import image_labels_of
 from pixelwise.engine.decoupled import decoupled_loss, figure_ground_pairs
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models.decouplednet import DecoupledNet, decouplednet
@@ -39,9 +40,7 @@ def render(split: str, count: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
         image, mask = render_sample(0, split, index, (size, size))
         images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
         masks.append(torch.from_numpy(mask).long())
-        present = torch.zeros(CLASSES)
-        present[[int(c) for c in np.unique(mask) if c < CLASSES]] = 1
-        labels.append(present)
+        labels.append(image_labels_of(masks[-1], CLASSES))
     return (torch.stack(images) - 0.5) / 0.25, torch.stack(labels), torch.stack(masks)
 
 
@@ -61,15 +60,11 @@ def report(model: DecoupledNet, val: tuple[Tensor, Tensor, Tensor]) -> dict[str,
     images, labels, masks = val
     model.eval()
     detected, oracle = ConfusionMatrix(CLASSES, device="cpu"), ConfusionMatrix(CLASSES, device="cpu")
-    detect = model.detect
     for start in range(0, len(images), 50):
         x, truth = images[start : start + 50], labels[start : start + 50, 1:] > 0
         detected.update(model(x).argmax(1), masks[start : start + 50])
-        model.detect = lambda _feats, truth=truth: truth
-        try:
+        with true_labels_as_detections(model, truth):
             oracle.update(model(x).argmax(1), masks[start : start + 50])
-        finally:
-            model.detect = detect
     logits = model.features(model.to_network(images)).class_logits
     model.train()
     return {
@@ -102,7 +97,7 @@ def main() -> None:
         num_classes=CLASSES, width_divisor=args.width_divisor, fc_kernel=1,
         input_size=args.size, batch_norm=True,
     )  # fmt: skip
-    classifier = [*model.trunk.parameters(), *model.cls_score.parameters()]
+    classifier = list(model.parts()["classifier"].parameters())
 
     optimizer = torch.optim.Adam(classifier, lr=args.classifier_lr)
     for step in range(args.classifier_iters):

@@ -112,7 +112,7 @@ class DecoupledTask(Task):
 
     def frozen_parameters(self, net: nn.Module) -> list[nn.Parameter]:
         model = unwrap(net)
-        classifier = [*model.trunk.parameters(), *model.cls_score.parameters()]
+        classifier = list(model.parts()["classifier"].parameters())
         if self.stage == "classifier":
             ids = {id(p) for p in classifier}
             return [p for p in model.parameters() if id(p) not in ids]
