@@ -241,14 +241,19 @@ def _changed(before: dict, after: dict, prefixes: tuple[str, ...]) -> set[str]:
     }
 
 
+def _staged_run(tmp_path, iters: int = 4, classifier_iters: int = 2):
+    cfg = _tiny_run(tmp_path, iters=iters, eval_every=iters)
+    cfg.train.classifier_iters = classifier_iters
+    cfg.data.labeled_fraction = 0.5  # 6 of the 12 images: a batch of 4 fits the labelled stream
+    return cfg
+
+
 def test_two_stages_train_the_classifier_then_the_segmentation_with_it_frozen(
     tmp_path, one_thread
 ):
     from pixelwise.engine.train import Trainer
 
-    cfg = _tiny_run(tmp_path, iters=4, eval_every=4)
-    cfg.train.classifier_iters = 2
-    trainer = Trainer(cfg, progress=False)
+    trainer = Trainer(_staged_run(tmp_path), progress=False)
     classifier, segmentation = ("trunk.", "cls_score."), ("bridge.", "decoder.", "seg_score.")
     start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit(max_steps=2)
@@ -262,6 +267,54 @@ def test_two_stages_train_the_classifier_then_the_segmentation_with_it_frozen(
     # stage 2 froze the classifier, its BatchNorm statistics included, and trained the rest
     assert not _changed(stage1, stage2, classifier)
     assert any(k.endswith(".weight") for k in _changed(stage1, stage2, segmentation))
+
+
+def test_the_classifier_stage_draws_every_image_and_the_segmentation_stage_the_labelled_alone(
+    tmp_path,
+):
+    from itertools import islice
+
+    from pixelwise.engine.train import Trainer
+
+    trainer = Trainer(_staged_run(tmp_path, iters=6, classifier_iters=3), progress=False)
+    assert trainer.train_set.labeled_indices == sorted(trainer.train_set.labeled_indices)
+    assert len(trainer.train_set) == 12  # no labelled repeats: each stage has its own stream
+    # stage 1: 3 batches of 4 = one pass over all 12 images, the 6 unlabelled ones included
+    stage1 = [batch[1] for batch in islice(trainer._train_loader(0), 3)]
+    labelled = torch.cat([t["labeled"] for t in stage1])
+    assert labelled.numel() == 12 and int(labelled.sum()) == 6
+    # stage 2: every batch from the 6 labelled images (one batch of 4 an epoch), at every step
+    for step in range(3, 6):
+        batches = list(trainer._train_loader(step))
+        assert len(batches) == 1 and bool(batches[0][1]["labeled"].all()), step
+
+
+def test_a_staged_run_resumed_at_or_after_the_stage_change_ends_where_the_straight_run_does(
+    tmp_path, one_thread
+):
+    from pixelwise.config import config_from_dict
+    from pixelwise.engine.train import Trainer
+
+    raw = _staged_run(tmp_path / "straight").to_dict()
+    straight = Trainer(config_from_dict(raw), progress=False)
+    straight.fit()  # must leave stage 1's loader at step 2, in the middle of its epoch
+    for stop in (2, 3):  # resumed at the first step of stage 2, and inside it
+        cfg = config_from_dict({**raw, "train": {**raw["train"], "out_dir": str(tmp_path / f"r{stop}")}})
+        half = Trainer(cfg, progress=False)
+        half.fit(max_steps=stop)
+        resumed = Trainer(cfg, resume=half.save("last.pt"), progress=False)
+        resumed.fit()
+        for name, p in straight.model.state_dict().items():
+            assert torch.equal(p, resumed.model.state_dict()[name]), (stop, name)
+
+
+def test_a_batch_larger_than_the_labelled_stream_is_refused(tmp_path):
+    from pixelwise.engine.train import Trainer
+
+    cfg = _staged_run(tmp_path)
+    cfg.data.labeled_fraction = 0.25  # 3 labelled images, batches of 4
+    with pytest.raises(PixelwiseError, match="stage that starts at iteration 2 draws from 3 training samples.*batch_size 4"):
+        Trainer(cfg, progress=False)
 
 
 def test_the_stages_are_refused_where_they_do_not_apply(tmp_path):

@@ -116,7 +116,7 @@ def test_loss_falls_on_shapes(tmp_path):
     cfg = tiny_config(tmp_path, iters=30, eval_every=30)
     cfg["optim"] = {"name": "adam", "lr": 0.01}
     trainer = Trainer(config_from_dict(cfg), progress=False)
-    images, targets = next(iter(trainer._train_loader(0, 0)))
+    images, targets = next(iter(trainer._train_loader(0)))
     before = trainer.criterion(trainer.model(images), targets).item()
     trainer.fit()
     trainer.model.train()

@@ -22,13 +22,15 @@ returns the combined map's log-scores, whose softmax is the combined map.
 
 Deviations from the release (``training/00*``, REFERENCE.md part C):
 
-- Both stages are one run (``train.classifier_iters``) on one data stream, where the release has
-  two runs; the classifier stage's recipe is unconfirmed. With ``classifier_iters: 0`` both train
-  at once; the segmentation loss still never reaches the classifier (the model detaches pool5 and
-  the class-specific map).
-- The labelled images are repeated to about half of the stream
-  (:class:`~pixelwise.data.subset.Balanced`), so that each batch has figure-ground pairs; the
-  release draws batches of image-class pairs from the strong set only.
+- Both stages are one run (``train.classifier_iters``) where the release has two; each stage draws
+  from its own stream, as the release's runs do: the classifier stage from every image, the
+  segmentation stage from the labelled images alone. The classifier stage's recipe is
+  unconfirmed. A batch holds ``data.batch_size`` images, and each labelled image gives one
+  figure-ground pair per foreground class it shows; the release's batches are of pairs.
+- With ``classifier_iters: 0`` both train at once on one stream, the labelled images repeated to
+  about half of it (:class:`~pixelwise.data.subset.Balanced`) so that each batch has
+  figure-ground pairs; the segmentation loss still never reaches the classifier (the model
+  detaches pool5 and the class-specific map).
 - Random crops of ``data.crop_size`` keep the image-level labels of the whole image; the recipes
   here resize instead (a class cropped away would be a wrong label).
 """
@@ -119,11 +121,20 @@ class DecoupledTask(Task):
         return classifier if self.stage == "segmentation" else []
 
     def train_dataset(self, dataset: Any) -> Any:
-        """Every training image with its image-level labels; masks only on the labelled subset,
-        the labelled images repeated to about half the stream."""
-        return Balanced(
-            apply_labeled_subset(dataset, self.cfg, keep_unlabeled=True, targets="dict")
-        )
+        """Every training image with its image-level labels; masks only on the labelled subset.
+
+        Trained in two stages, each stage has its stream (:meth:`stage_samples`); trained jointly,
+        the labelled images are repeated to about half of the one stream.
+        """
+        semi = apply_labeled_subset(dataset, self.cfg, keep_unlabeled=True, targets="dict")
+        return semi if self.cfg.train.classifier_iters else Balanced(semi)
+
+    def stage_samples(self, stage: int, train_set: Any) -> list[int] | None:
+        """The classifier stage learns from every image (the weak set), the segmentation stage
+        from the labelled images alone (the strong set), as the release's two runs do."""
+        if self.cfg.train.classifier_iters and stage == 1:
+            return train_set.labeled_indices
+        return None
 
     def train_transforms(self) -> Callable:
         return dict_target_transform(super().train_transforms())

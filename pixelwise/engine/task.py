@@ -196,6 +196,16 @@ class Task:
         del net
         return []
 
+    def stage_samples(self, stage: int, train_set: Any) -> Sequence[int] | None:
+        """The positions of ``train_set`` that stage ``stage`` draws its batches from; None: all.
+
+        Each stage has its own stream: epochs count from the stage's first iteration, and the
+        order is a function of the iteration alone, so a run resumed in any stage sees the
+        batches an uninterrupted run would.
+        """
+        del stage, train_set
+        return None
+
     # -- data ----------------------------------------------------------------------------------
     def train_dataset(self, dataset: Any) -> Any:
         """The training split as this task learns from it.

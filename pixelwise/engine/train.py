@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from pixelwise.config import Config, config_from_dict, dump_config
@@ -47,6 +48,11 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.metrics import Scores, format_scores
 from pixelwise.models import build_model
 from pixelwise.viz import save_png
+
+
+#: A stage's epochs are seeded as ``epoch + stage × _STAGE_EPOCHS``: no run has this many epochs
+#: in one stage, so two stages never share an order.
+_STAGE_EPOCHS = 1_000_000
 
 
 def build_datasets(cfg: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
@@ -159,9 +165,14 @@ class Trainer:
             )
         t = config.train
         self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
+        self.stage_starts = self.task.stage_starts(self.total_iters)
+        self.stage_streams = [
+            self.task.stage_samples(stage, self.train_set) for stage in range(len(self.stage_starts))
+        ]
+        self._check_stage_streams()
         self.scheduler = build_scheduler(
             self.optimizer, config.schedule, self.total_iters, self.iters_per_epoch,
-            self.task.stage_starts(self.total_iters),
+            self.stage_starts,
         )
         # Autocast where it pays: on an AVX2-only CPU bf16 is slower than fp32, so the run says so
         # once and trains in fp32, and run.json records what ran ("amp": false).
@@ -291,14 +302,44 @@ class Trainer:
         write_run_json(self.run_dir, self.run_info, self.cfg.to_dict())
 
     # -- the loop ----------------------------------------------------------------------------
-    def _train_loader(self, epoch: int, start: int):
+    def _batches_per_epoch(self, size: int) -> int:
         d = self.cfg.data
+        return len(EpochBatchSampler(size, d.batch_size, rank=self.dist.rank, world_size=self.dist.world_size))
+
+    def _check_stage_streams(self) -> None:
+        """Every stage's stream must fill at least one batch on every process."""
+        for stage, stream in enumerate(self.stage_streams):
+            if stream is not None and self._batches_per_epoch(len(stream)) == 0:
+                world = self.dist.world_size
+                share = f" ({-(-len(stream) // world)} on each of {world} processes)" if world > 1 else ""
+                raise PixelwiseError(
+                    f"The {self.cfg.model.name} training stage that starts at iteration "
+                    f"{self.stage_starts[stage]} draws from {len(stream)} training samples{share}, "
+                    f"fewer than data.batch_size {self.cfg.data.batch_size}; "
+                    "lower the batch size or label more images (data.labeled_fraction)."
+                )
+
+    def _stage_at(self, step: int) -> int:
+        return sum(1 for start in self.stage_starts[1:] if start <= step)
+
+    def _train_loader(self, step: int):
+        """The batches from iteration ``step`` to the end of its epoch (of its stage's stream).
+
+        A stage after the first draws its epochs with seeds of their own (``epoch`` offset by the
+        stage), so its order is not the first stage's again.
+        """
+        d = self.cfg.data
+        stage = self._stage_at(step)
+        stream = self.stage_streams[stage]
+        dataset = self.train_set if stream is None else Subset(self.train_set, list(stream))
+        per_epoch = self.iters_per_epoch if stream is None else self._batches_per_epoch(len(stream))
+        epoch, start = divmod(step - self.stage_starts[stage], per_epoch)
         sampler = EpochBatchSampler(
-            len(self.train_set), d.batch_size, seed=self.cfg.train.seed, epoch=epoch,
+            len(dataset), d.batch_size, seed=self.cfg.train.seed, epoch=epoch + stage * _STAGE_EPOCHS,
             rank=self.dist.rank, world_size=self.dist.world_size, start=start,
         )  # fmt: skip
         return make_loader(
-            self.train_set, self.train_transforms, sampler, d.num_workers,
+            dataset, self.train_transforms, sampler, d.num_workers,
             self.device.type == "cuda", collate_fn=self.task.collate,
         )  # fmt: skip
 
@@ -339,8 +380,7 @@ class Trainer:
         self.eval_seconds = 0.0
         with StopRequest() as stop:
             while self.step < stop_at and not stop.requested:
-                epoch, start = divmod(self.step, self.iters_per_epoch)
-                for batch in self._train_loader(epoch, start):
+                for batch in self._train_loader(self.step):
                     inputs, targets = self.task.to_device(
                         batch, self.device, self.cfg.train.channels_last
                     )
@@ -385,8 +425,8 @@ class Trainer:
                     end_of_epoch = self.step % self.iters_per_epoch == 0
                     if self._should_eval(end_of_epoch) and self.cfg.train.iters is not None:
                         last_scores = self.validate()
-                    if self.step >= stop_at or stop.requested:
-                        break
+                    if self.step >= stop_at or stop.requested or self.step in self.stage_starts:
+                        break  # a new stage draws from its own stream
                 if self.cfg.train.epochs is not None and self.step % self.iters_per_epoch == 0:
                     if self._should_eval(True):
                         last_scores = self.validate()
