@@ -76,3 +76,50 @@ def test_sync_bn_under_gloo_matches_one_process_at_the_whole_batch(tmp_path):
     assert worst < 1e-5, worst  # 4e-7 measured; without sync the batch statistics differ by far more
     meta = load_checkpoint(tmp_path / "runs" / "two" / "last.pt")["meta"]["run"]
     assert (meta["world_size"], meta["batch_per_process"], meta["batch_total"]) == (2, 2, 4)
+
+
+_STAGED_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from pixelwise.config import config_from_dict
+from pixelwise.engine.train import Trainer
+trainer = Trainer(config_from_dict(json.load(open(sys.argv[1]))), progress=False)
+labelled = trainer.train_set.labeled_indices
+stream = trainer.stage_streams[1]
+second = [stream[i] for batch in trainer._train_loader(2).batch_sampler for i, _ in batch]
+trainer.fit()  # across the stage change: DDP must find a gradient for every parameter
+shards = [None, None]
+dist.all_gather_object(shards, second)
+if dist.get_rank() == 0:
+    print("STAGED", json.dumps({"labelled": labelled, "shards": shards, "step": trainer.step}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_decouplednet_stages_under_ddp_draw_the_labelled_images_split_between_processes(tmp_path):
+    """The segmentation stage's stream is the labelled images, sharded: each process a different
+    batch of them; the run crosses the stage change with DistributedDataParallel."""
+    cfg = tiny_config(tmp_path / "runs", iters=3, eval_every=3, classifier_iters=2)
+    cfg["model"] = {
+        "name": "decouplednet",
+        "options": {"width_divisor": 16, "fc_kernel": 1, "input_size": 64},
+    }
+    cfg["data"].update(labeled_fraction=0.5, batch_size=2, crop_size=None, scale_range=[1.0, 1.0])
+    cfg["data"]["val_options"] = {"num_samples": 2}
+    config, script = tmp_path / "staged.json", tmp_path / "staged.py"
+    config.write_text(json.dumps(cfg))
+    script.write_text(_STAGED_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(config)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("STAGED"))
+    found = json.loads(line.removeprefix("STAGED "))
+    first, second = found["shards"]
+    assert found["step"] == 3 and len(found["labelled"]) == 6
+    assert len(first) == len(second) == 2 and not set(first) & set(second)
+    assert set(first) | set(second) <= set(found["labelled"])
