@@ -199,9 +199,30 @@ def network_config(
     if settings.root is not None:
         data.setdefault("data", {})["root"] = settings.root
     train = data.setdefault("train", {})
+    if train.get("classifier_iters"):
+        source += " " + _scale_stages(train, iters)
     train.update(iters=iters, epochs=None, eval_every=iters)
     apply_overrides(data, list(settings.overrides), "pixelwise compare")
     return config_from_dict(data, f"the config of {name} ({source})"), source
+
+
+def _scale_stages(train: dict[str, Any], iters: int) -> str:
+    """Give a staged recipe's first stage its share of ``iters``; say what was done.
+
+    DecoupledNet's recipe trains its classifier for a part of its own ``train.iters``; under the
+    comparison's budget the part keeps its share, and one iteration cannot be split (both stages
+    train at once).
+    """
+    first, total = int(train["classifier_iters"]), int(train.get("iters") or 0)
+    share = first / total if total > first else 0.5
+    if iters < 2:
+        train["classifier_iters"] = 0
+        return f"(both stages at once: {iters} iteration cannot be split)"
+    train["classifier_iters"] = min(iters - 1, max(1, round(share * iters)))
+    return (
+        f"(classifier stage {train['classifier_iters']} of the {iters} iterations, the recipe's "
+        "share)"
+    )
 
 
 def check_settings(settings: CompareSettings) -> None:
@@ -224,6 +245,16 @@ def check_settings(settings: CompareSettings) -> None:
         names = settings.models
     else:
         names = settings.checkpoints
+        if settings.overrides or settings.model_options:
+            given = [
+                *settings.overrides,
+                *(f"{n}.{k}=..." for n, o in settings.model_options.items() for k in o),
+            ]
+            raise PixelwiseError(
+                f"{given[0]} would change nothing: --checkpoints evaluates each checkpoint with "
+                "the config it was trained with; choose the images with --root and --split, or "
+                "train with --models to set a config."
+            )
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise PixelwiseError(f"{repeated[0]} is named twice; compare each network once.")
@@ -242,19 +273,22 @@ def check_networks(
 ) -> None:
     """Refuse networks that cannot be scored on one setting, each with one sentence.
 
-    A network that is not semantic (an instance or semi-supervised one) is scored differently; a
+    A network whose task is not scored on the K-class map (Mask R-CNN's COCO AP) cannot share the
+    table; the semi-supervised ones (DecoupledNet's combined map, GAN-SS's discriminator) can. A
     valid-padding network predicts the centre of its input only, so among same-size networks it
     would be scored on fewer pixels; and the networks must be evaluated on the same images
     (``given``: the data keys the command sets for all, such as ``root`` or ``val_split``).
     """
-    from pixelwise.models import build_model, model_info
+    from pixelwise.engine.task import task_class
+    from pixelwise.models import build_model
 
     for name in names:
-        task = model_info(name).task  # an unknown name raises, listing the registered ones
-        if task != "semantic":
+        task = task_class(name)  # an unknown name raises, listing the registered ones
+        if not task.scored_per_pixel:
             raise PixelwiseError(
-                f"{name} is a {task!r} network; pixelwise compare scores semantic networks on one "
-                "confusion matrix of the same pixels, so leave it out of --models."
+                f"{name} is a {task.name!r} network, scored by COCO AP rather than per pixel; "
+                "pixelwise compare scores networks on one confusion matrix of the same pixels, so "
+                "leave it out of --models."
             )
     crops = {}
     for name, cfg in zip(names, configs, strict=True):
@@ -549,6 +583,7 @@ def _train_all(settings: CompareSettings, out: Path) -> tuple[list, dict[str, An
                 f"No recipe configs/<model>_{planned[0][0].data.dataset}.yaml for "
                 f"{', '.join(missing)}: trained with the shared base config."
             )
+    notes += count_notes(entries)
     first = planned[0][0]
     context = {
         "dataset": dataset, "dataset_name": first.data.dataset, "split": split,
@@ -600,13 +635,43 @@ def _load_all(settings: CompareSettings, out: Path) -> tuple[list, dict[str, Any
             checkpoint=item.source, run_dir=str(run_dir), eval_size=size,
             **_scores(result.report, item.classes), params=params, gflops=gflops, latency_ms=latency,
         ), item, task))  # fmt: skip
-        print(f"{name}: val mIoU {100 * result.report.mean_iou:.2f} ({item.source})", flush=True)
+        print(
+            f"{name}: {split} mIoU {100 * result.report.mean_iou:.2f} ({item.source})", flush=True
+        )
     context = {
         "dataset": dataset, "dataset_name": loaded[0].config.data.dataset, "split": split,
         "classes": loaded[0].classes, "palette": loaded[0].palette, "budget": {},
-        "notes": ["Checkpoints evaluated only: the training columns are left empty."],
+        "notes": [
+            "Checkpoints evaluated only: the training columns are left empty.",
+            *count_notes(entries),
+        ],
     }  # fmt: skip
     return entries, context
+
+
+def count_notes(entries: Sequence[tuple[Any, Any, Any]]) -> list[str]:
+    """Notes on the counts: a network without a GFLOPs figure, and one whose parameter count holds
+    a part prediction never runs (GAN-SS's generator; the count is the whole model's, as
+    ``pixelwise models`` prints it)."""
+    from pixelwise.models.complexity import count_parameters
+
+    notes = []
+    uncounted = [result.name for result, _, _ in entries if result.gflops is None]
+    if uncounted:
+        notes.append(
+            f"No GFLOPs for {', '.join(uncounted)}: the count runs the forward on the meta device, "
+            "which cannot follow a forward that depends on the image (DecoupledNet: one decoder "
+            "pass per class its classifier detects) or an operation without a meta kernel."
+        )
+    for result, loaded, _ in entries:
+        parts = loaded.model.parts() if hasattr(loaded.model, "parts") else {}
+        if "generator" in parts:
+            notes.append(
+                f"{result.name}'s parameter count ({result.params:,}) includes its generator's "
+                f"{count_parameters(parts['generator']):,}, which only training runs; predictions "
+                "come from its discriminator."
+            )
+    return notes
 
 
 def _row_names(models: Sequence[str], paths: Sequence[str]) -> list[str]:
@@ -649,7 +714,7 @@ def comparison_picture(
 # -- writing ------------------------------------------------------------------------------------
 SUMMARY_COLUMNS = (
     # (header, key, format); percentages are 100 x the JSON's fractions
-    ("val mIoU", "mean_iou", "pct"),
+    ("{split} mIoU", "mean_iou", "pct"),  # the split scored: val, or --split test
     ("pixel acc", "pixel_accuracy", "pct"),
     ("mean acc", "mean_accuracy", "pct"),
     ("fwIoU", "fw_iou", "pct"),
@@ -681,7 +746,8 @@ def format_markdown(comparison: Comparison) -> str:
     """``comparison.md``: the summary table, per-class IoU, and how the numbers were made."""
     c = comparison
     lines = [f"# {len(c.networks)} networks on {c.dataset} ({c.split}, {c.val_images} images)", ""]
-    lines.append("| network | " + " | ".join(h for h, _, _ in SUMMARY_COLUMNS) + " |")
+    headers = (h.format(split=c.split) for h, _, _ in SUMMARY_COLUMNS)
+    lines.append("| network | " + " | ".join(headers) + " |")
     lines.append("|---|" + "---:|" * len(SUMMARY_COLUMNS))
     for n in c.networks:
         values = asdict(n)

@@ -149,6 +149,14 @@ def test_checkpoints_mode_scores_the_same_weights_the_same(compared, tmp_path, c
     assert (tmp_path / "comparison.png").is_file()
 
 
+def test_the_table_names_the_split_it_scored(compared, tmp_path, one_thread):
+    paths = ",".join(str(compared / n / "last.pt") for n in NETWORKS)
+    argv = ["compare", "--checkpoints", paths, "--rows", "1", "--split", "test"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    header, *_ = _table((tmp_path / "comparison.md").read_text(), "network")
+    assert header[1] == "test mIoU" and "val mIoU" not in header
+
+
 @pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
 def test_an_earlier_comparison_is_never_overwritten(compared, capsys):
     assert (
@@ -165,7 +173,10 @@ def test_an_earlier_comparison_is_never_overwritten(compared, capsys):
             ["--models", "unet,enet", "unet.padding=valid"],
             ["unet with valid padding", "same pixels as enet"],
         ),
-        (["--models", "enet,maskrcnn_resnet50_fpn"], ["'instance' network", "leave it out"]),
+        (
+            ["--models", "enet,maskrcnn_resnet50_fpn"],
+            ["'instance' network", "COCO AP", "leave it out"],
+        ),
         (
             ["--models", "enet,unett"],
             ["Unknown model 'unett'", "Did you mean 'unet'", "Valid names:"],
@@ -173,6 +184,10 @@ def test_an_earlier_comparison_is_never_overwritten(compared, capsys):
         (["--models", "enet,enet"], ["enet is named twice"]),
         (["--models", "enet", "unet.base_channels=2"], ["Options are given for unet"]),
         (["--models", "enet", "--checkpoints", "a.pt"], ["not both or neither"]),
+        (
+            ["--checkpoints", "a.pt", "data.batch_size=2"],
+            ["data.batch_size=2 would change nothing"],
+        ),
         (["--models", "enet", "--iters", "2", "train.iters=5"], ["--iters N or --seconds S"]),
     ],
 )
@@ -228,6 +243,48 @@ def test_recipes_are_used_where_present():
     assert (enet.train.iters, enet.train.epochs) == (5, None)
     _, source = network_config("unet", settings, {}, 5)
     assert source == "shared base config"
+
+
+def test_a_staged_recipe_keeps_its_share_of_classifier_iterations_under_the_budget():
+    settings = CompareSettings(models=["decouplednet"], dataset="shapes", iters=100, recipes=True)
+    staged, source = network_config("decouplednet", settings, {}, 100)
+    assert staged.train.classifier_iters == 75  # the recipe's 3000 of 4000
+    assert source == (
+        "recipe configs/decouplednet_shapes.yaml (classifier stage 75 of the 100 iterations, "
+        "the recipe's share)"
+    )
+    single, source = network_config("decouplednet", settings, {}, 1)
+    assert single.train.classifier_iters == 0 and "both stages at once" in source
+
+
+@pytest.mark.slow  # three networks, 2 iterations each: ~25 s on a busy 2-core machine
+def test_semi_supervised_networks_are_compared_with_the_baseline_on_the_same_pixels(
+    tmp_path, one_thread
+):
+    out = tmp_path / "semi"
+    argv = [
+        "compare", "--models", "unet,decouplednet,gan_ss", "--iters", "2", "--rows", "1",
+        "--out", str(out), *TINY, "data.labeled_fraction=0.5",
+        "decouplednet.width_divisor=16", "decouplednet.fc_kernel=1", "decouplednet.input_size=64",
+        "gan_ss.discriminator=unet", "gan_ss.noise_channels=8", "gan_ss.generator_width=4",
+        "gan_ss.discriminator_options={padding: same, base_channels: 2}",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads((out / "comparison.json").read_text())
+    rows = {net["name"]: net for net in data["networks"]}
+    assert list(rows) == ["unet", "decouplednet", "gan_ss"]
+    for net in rows.values():
+        assert 0.0 <= net["mean_iou"] <= 1.0 and net["params"] > 0 and net["iterations"] == 2
+        assert net["eval_size"] == [SIZE, SIZE]
+    # the GAN's count holds its generator, which no prediction runs: the notes say how many
+    from pixelwise.models import build_model
+
+    with torch.device("meta"):
+        gan = build_model("gan_ss", 6, **rows["gan_ss"]["options"])
+    generator = sum(p.numel() for p in gan.parts()["generator"].parameters())
+    assert any(f"includes its generator's {generator:,}," in note for note in data["notes"])
+    assert rows["decouplednet"]["gflops"] is None and rows["gan_ss"]["gflops"] > 0
+    assert any(note.startswith("No GFLOPs for decouplednet:") for note in data["notes"])
 
 
 def test_the_command_runs_the_same_comparison_again():

@@ -236,9 +236,7 @@ def test_trains_through_the_engine_with_both_terms_logged_and_resumes(tmp_path, 
 
 def _changed(before: dict, after: dict, prefixes: tuple[str, ...]) -> set[str]:
     """Which of the state entries under ``prefixes`` differ between two state dicts."""
-    return {
-        k for k in before if k.startswith(prefixes) and not torch.equal(before[k], after[k])
-    }
+    return {k for k in before if k.startswith(prefixes) and not torch.equal(before[k], after[k])}
 
 
 def _staged_run(tmp_path, iters: int = 4, classifier_iters: int = 2):
@@ -248,9 +246,7 @@ def _staged_run(tmp_path, iters: int = 4, classifier_iters: int = 2):
     return cfg
 
 
-def test_two_stages_train_the_classifier_then_the_segmentation_with_it_frozen(
-    tmp_path, one_thread
-):
+def test_two_stages_train_the_classifier_then_the_segmentation_with_it_frozen(tmp_path, one_thread):
     from pixelwise.engine.train import Trainer
 
     trainer = Trainer(_staged_run(tmp_path), progress=False)
@@ -262,8 +258,11 @@ def test_two_stages_train_the_classifier_then_the_segmentation_with_it_frozen(
     stage2 = trainer.model.state_dict()
     # stage 1 moved the classifier only (BN statistics of the stand-in pass aside)
     assert any(k.endswith(".weight") for k in _changed(start, stage1, classifier))
-    assert not {k for k in _changed(start, stage1, segmentation) if not k.endswith(
-        ("running_mean", "running_var", "num_batches_tracked"))}
+    assert not {
+        k
+        for k in _changed(start, stage1, segmentation)
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
     # stage 2 froze the classifier, its BatchNorm statistics included, and trained the rest
     assert not _changed(stage1, stage2, classifier)
     assert any(k.endswith(".weight") for k in _changed(stage1, stage2, segmentation))
@@ -299,7 +298,9 @@ def test_a_staged_run_resumed_at_or_after_the_stage_change_ends_where_the_straig
     straight = Trainer(config_from_dict(raw), progress=False)
     straight.fit()  # must leave stage 1's loader at step 2, in the middle of its epoch
     for stop in (2, 3):  # resumed at the first step of stage 2, and inside it
-        cfg = config_from_dict({**raw, "train": {**raw["train"], "out_dir": str(tmp_path / f"r{stop}")}})
+        cfg = config_from_dict(
+            {**raw, "train": {**raw["train"], "out_dir": str(tmp_path / f"r{stop}")}}
+        )
         half = Trainer(cfg, progress=False)
         half.fit(max_steps=stop)
         resumed = Trainer(cfg, resume=half.save("last.pt"), progress=False)
@@ -313,7 +314,10 @@ def test_a_batch_larger_than_the_labelled_stream_is_refused(tmp_path):
 
     cfg = _staged_run(tmp_path)
     cfg.data.labeled_fraction = 0.25  # 3 labelled images, batches of 4
-    with pytest.raises(PixelwiseError, match="stage that starts at iteration 2 draws from 3 training samples.*batch_size 4"):
+    with pytest.raises(
+        PixelwiseError,
+        match="stage that starts at iteration 2 draws from 3 training samples.*batch_size 4",
+    ):
         Trainer(cfg, progress=False)
 
 

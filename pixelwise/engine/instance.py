@@ -140,6 +140,8 @@ def _cpu(values: Mapping[str, Any]) -> dict[str, Any]:
 class InstanceTask(Task):
     """Mask R-CNN's batches, loss dict, COCO AP and instance pictures (see the module docstring)."""
 
+    scored_per_pixel = False
+
     def __init__(
         self, config: Config, num_classes: int, classes: Sequence[str], palette: Sequence
     ) -> None:

@@ -168,6 +168,9 @@ class Task:
     name: ClassVar[str] = "semantic"
     #: Whether the task trains in stages (``train.classifier_iters``); others refuse the setting.
     staged: ClassVar[bool] = False
+    #: Whether the report is the semantic confusion matrix's scores of a K-class map, so that
+    #: ``pixelwise compare`` can put the network in one table with the others.
+    scored_per_pixel: ClassVar[bool] = True
 
     def __init__(
         self, config: Config, num_classes: int, classes: Sequence[str], palette: Sequence

@@ -49,7 +49,6 @@ from pixelwise.metrics import Scores, format_scores
 from pixelwise.models import build_model
 from pixelwise.viz import save_png
 
-
 #: A stage's epochs are seeded as ``epoch + stage × _STAGE_EPOCHS``: no run has this many epochs
 #: in one stage, so two stages never share an order.
 _STAGE_EPOCHS = 1_000_000
@@ -167,11 +166,15 @@ class Trainer:
         self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
         self.stage_starts = self.task.stage_starts(self.total_iters)
         self.stage_streams = [
-            self.task.stage_samples(stage, self.train_set) for stage in range(len(self.stage_starts))
+            self.task.stage_samples(stage, self.train_set)
+            for stage in range(len(self.stage_starts))
         ]
         self._check_stage_streams()
         self.scheduler = build_scheduler(
-            self.optimizer, config.schedule, self.total_iters, self.iters_per_epoch,
+            self.optimizer,
+            config.schedule,
+            self.total_iters,
+            self.iters_per_epoch,
             self.stage_starts,
         )
         # Autocast where it pays: on an AVX2-only CPU bf16 is slower than fp32, so the run says so
@@ -304,14 +307,22 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def _batches_per_epoch(self, size: int) -> int:
         d = self.cfg.data
-        return len(EpochBatchSampler(size, d.batch_size, rank=self.dist.rank, world_size=self.dist.world_size))
+        return len(
+            EpochBatchSampler(
+                size, d.batch_size, rank=self.dist.rank, world_size=self.dist.world_size
+            )
+        )
 
     def _check_stage_streams(self) -> None:
         """Every stage's stream must fill at least one batch on every process."""
         for stage, stream in enumerate(self.stage_streams):
             if stream is not None and self._batches_per_epoch(len(stream)) == 0:
                 world = self.dist.world_size
-                share = f" ({-(-len(stream) // world)} on each of {world} processes)" if world > 1 else ""
+                share = (
+                    f" ({-(-len(stream) // world)} on each of {world} processes)"
+                    if world > 1
+                    else ""
+                )
                 raise PixelwiseError(
                     f"The {self.cfg.model.name} training stage that starts at iteration "
                     f"{self.stage_starts[stage]} draws from {len(stream)} training samples{share}, "
@@ -456,9 +467,11 @@ class Trainer:
             self.eval_seconds = getattr(self, "eval_seconds", 0.0) + time.perf_counter() - started
 
     def _validate(self) -> Report:
-        report = self.evaluator().run(
-            self.net, self.device, amp=self.amp, channels_last=self.cfg.train.channels_last
-        ).report
+        report = (
+            self.evaluator()
+            .run(self.net, self.device, amp=self.amp, channels_last=self.cfg.train.channels_last)
+            .report
+        )
         if not self.dist.is_main:
             return report
         record = {"step": self.step, "epoch": self.step / self.iters_per_epoch, **report.as_dict()}
