@@ -123,3 +123,48 @@ def test_decouplednet_stages_under_ddp_draw_the_labelled_images_split_between_pr
     assert found["step"] == 3 and len(found["labelled"]) == 6
     assert len(first) == len(second) == 2 and not set(first) & set(second)
     assert set(first) | set(second) <= set(found["labelled"])
+
+
+_GAN_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from pixelwise.config import config_from_dict
+from pixelwise.engine.train import Trainer
+trainer = Trainer(config_from_dict(json.load(open(sys.argv[1]))), progress=False)
+noise = trainer.task._noise(trainer.model, 2, (32, 32), trainer.device, distributed=True)
+trainer.fit()
+weights = {k: float(v.double().sum()) for k, v in trainer.model.named_parameters()}
+found = [None, None]
+dist.all_gather_object(found, {"weights": weights, "noise": noise.flatten()[:4].tolist()})
+if dist.get_rank() == 0:
+    print("GAN", json.dumps({"ranks": found, "step": trainer.step}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_gan_ss_under_ddp_keeps_both_players_the_same_on_every_process(tmp_path):
+    """Each process trains on its own shard with its own noise; the averaged gradients leave the
+    discriminator and the generator identical on both processes after every step."""
+    from tests.test_gan_ss import gan_config
+
+    cfg = gan_config(tmp_path / "runs", iters=3, eval_every=3)
+    cfg["data"].update(batch_size=2, labeled_fraction=0.5)
+    cfg["data"]["val_options"] = {"num_samples": 2}
+    config, script = tmp_path / "gan.json", tmp_path / "gan.py"
+    config.write_text(json.dumps(cfg))
+    script.write_text(_GAN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(config)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("GAN"))
+    found = json.loads(line.removeprefix("GAN "))
+    first, second = found["ranks"]
+    assert found["step"] == 3
+    assert first["noise"] != second["noise"]  # each process makes its own images
+    assert any(k.startswith("generator.") for k in first["weights"])
+    assert first["weights"] == second["weights"]

@@ -278,7 +278,9 @@ def test_evaluation_picture_has_a_row_of_generated_images(tmp_path):
     assert np.array_equal(trainer.prediction_picture(), picture)
 
 
-def test_distributed_training_is_refused_with_a_sentence(tmp_path):
+def test_a_wrapped_step_updates_both_players_and_draws_noise_from_seed_step_and_rank(tmp_path):
+    """Under DistributedDataParallel (a one-process group here; two processes: test_distributed)
+    the step averages gradients itself and draws G's noise from (seed, step, rank)."""
     import torch.distributed as dist
 
     dist.init_process_group(
@@ -294,11 +296,22 @@ def test_distributed_training_is_refused_with_a_sentence(tmp_path):
         net = torch.nn.parallel.DistributedDataParallel(model)
         optimizer = torch.optim.Adam(model.parameters())
         scaler = torch.amp.GradScaler("cpu", enabled=False)
-        with pytest.raises(PixelwiseError, match="gan_ss trains in one process"):
-            task.train_step(
-                net, optimizer, scaler, torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32).long(),
-                amp=False,
-            )  # fmt: skip
+        noise = [task._noise(model, 2, (32, 32), torch.device("cpu"), True) for _ in range(2)]
+        task.step = 1
+        later = task._noise(model, 2, (32, 32), torch.device("cpu"), True)
+        assert torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], later)
+        before = {k: v.clone() for k, v in model.named_parameters()}
+        result = task.train_step(
+            net, optimizer, scaler, torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32).long(),
+            amp=False,
+        )  # fmt: skip
+        assert result.stepped and all(math.isfinite(v) for v in result.terms.values())
+        for player in ("discriminator.", "generator."):
+            assert any(
+                not torch.equal(before[k], v)
+                for k, v in model.named_parameters()
+                if k.startswith(player)
+            ), player
     finally:
         dist.destroy_process_group()
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -121,6 +122,34 @@ def _no_weight_gradients(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def average_gradients(params: Sequence[nn.Parameter], loss: Tensor) -> Tensor:
+    """Average ``params``' gradients over the processes, as DistributedDataParallel would.
+
+    One flat all-reduce of every gradient (a parameter without one contributes zeros, so that
+    every process reduces the same vector) and of the loss; returns the mean loss. A process
+    whose loss or gradients are not finite makes the mean not finite on every process, so all
+    skip or all step together.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).float()])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat[-1]
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (batch-norm statistics) on every process, as DDP does before a forward."""
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 @register_task("gan_ss")
 class GANSSTask(Task):
     """Train GAN-SS's discriminator and generator in turn; evaluate the discriminator's K classes.
@@ -140,6 +169,13 @@ class GANSSTask(Task):
     3. G's update (its own optimizer, built from the same ``optim`` section and following the
        same schedule factor): the non-saturating loss through the updated D, whose weights get no
        gradient from it.
+
+    Under ``torchrun`` each process takes its shard of the batch and draws its own noise (seeded
+    by ``train.seed``, the step and the rank); both players' gradients are averaged over the
+    processes before each update (:func:`average_gradients`: the two players' alternating
+    updates, three forwards of D a step and D's frozen weights in G's step do not fit DDP's one
+    forward, one backward), and rank 0's batch-norm statistics are given to all before each step,
+    as DDP does. So every process holds the same weights after every step.
 
     Terms logged: ``d_supervised``, ``d_real``, ``d_fake`` (D's ``loss`` is their sum) and
     ``g_adversarial``. The generator's optimizer (and AMP scaler) are task state, saved in every
@@ -238,17 +274,15 @@ class GANSSTask(Task):
         skip_nonfinite: bool = False,
     ) -> StepResult:
         """One update of D, then one of G (see the class docstring)."""
-        if isinstance(net, nn.parallel.DistributedDataParallel):
-            raise PixelwiseError(
-                "gan_ss trains in one process (its two players' alternating updates are not "
-                "wired into DistributedDataParallel); run `pixelwise train` without torchrun."
-            )
         assert self.g_optimizer is not None and self.g_scaler is not None, "setup() first"
+        distributed = isinstance(net, nn.parallel.DistributedDataParallel)
         gan: GANSS = unwrap(net)
         device = inputs.device
         mask = targets["mask"] if isinstance(targets, dict) else targets
         size = tuple(inputs.shape[-2:])
-        noise = gan.generator.sample_noise(inputs.shape[0], size, device=device)
+        if distributed:
+            broadcast_buffers(gan)
+        noise = self._noise(gan, inputs.shape[0], size, device, distributed)
         autocast = partial(torch.autocast, device.type, dtype=amp_dtype(device), enabled=amp)
 
         # D: real pixels (labelled ones also by class) against generated ones.
@@ -267,6 +301,8 @@ class GANSSTask(Task):
         scaler.scale(d_loss).backward()
         named = {k: float(v.detach()) for k, v in terms.items()}
         value = float(d_loss.detach())
+        if distributed:
+            value = float(average_gradients(list(gan.discriminator.parameters()), d_loss))
         finite = math.isfinite(value)
         if finite and skip_nonfinite and not scaler.is_enabled():
             finite = all_finite([p.grad for g in optimizer.param_groups for p in g["params"]])
@@ -284,12 +320,34 @@ class GANSSTask(Task):
             self.g_optimizer.zero_grad(set_to_none=True)
             self.g_scaler.scale(g_loss).backward()
         named["g_adversarial"] = float(g_loss.detach())
+        if distributed:
+            named["g_adversarial"] = float(
+                average_gradients(list(gan.generator.parameters()), g_loss)
+            )
         if math.isfinite(named["g_adversarial"]):
             self.g_scaler.step(self.g_optimizer)
             self.g_scaler.update()
         else:
             self.g_optimizer.zero_grad(set_to_none=True)
         return StepResult(value, named, True)
+
+    def _noise(
+        self,
+        gan: GANSS,
+        batch: int,
+        size: tuple[int, int],
+        device: torch.device,
+        distributed: bool,
+    ) -> Tensor:
+        """G's input for this step. One process draws from torch's RNG (a checkpoint saves it);
+        under torchrun each process draws from ``(train.seed, step, rank)``, since every process
+        starts from the same seed and would otherwise make the same images."""
+        if not distributed:
+            return gan.generator.sample_noise(batch, size, device=device)
+        rank = dist.get_rank()
+        seed = (self.cfg.train.seed * 1_000_003 + self.step) * 4_099 + rank
+        rng = torch.Generator().manual_seed(seed)
+        return gan.generator.sample_noise(batch, size, generator=rng).to(device)
 
     def _follow_schedule(self, optimizer: torch.optim.Optimizer) -> None:
         """G's learning rate: its base ``optim.lr`` times D's current schedule factor."""
