@@ -149,6 +149,46 @@ def test_the_coco_recipe_is_torchvisions_detection_reference():
     task_for(cfg, 81, ["c"] * 81, [(0, 0, 0)] * 81)  # no semantic-only setting in it
 
 
+def test_the_cityscapes_recipe_is_the_papers():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_cityscapes.yaml")
+    assert (cfg.model.name, cfg.data.dataset) == ("maskrcnn_resnet50_fpn", "cityscapes_instances")
+    # shorter side drawn from [800, 1024] in training, 1024 at inference; 2048-wide frames kept
+    sizes = cfg.model.options["min_size"]
+    assert (sizes[0], sizes[-1], cfg.model.options["max_size"]) == (800, 1024, 2048)
+    # 1 image per process (x 8), lr 0.01 -> 0.001 at 18k of 24k iterations
+    assert (cfg.optim.lr, cfg.data.batch_size, cfg.train.iters) == (0.01, 1, 24000)
+    s = cfg.schedule
+    assert (s.name, s.milestones, s.gamma, s.unit) == ("multistep", [18000], 0.1, "iter")
+    task_for(cfg, 9, ["c"] * 9, [(0, 0, 0)] * 9)  # no semantic-only setting in it
+
+
+@pytest.mark.slow  # two Mask R-CNN steps and an evaluation: ~10 s
+def test_the_cityscapes_recipe_trains_on_the_official_layout(tmp_path):
+    from pixelwise.engine.train import Trainer
+    from tests.test_data_instances import instance_ids, write_cityscapes_frame
+
+    root = tmp_path / "cityscapes"
+    for split in ("train", "val"):
+        for number in range(2):
+            base = f"aachen_{number:06d}_000019"
+            write_cityscapes_frame(root, split, "aachen", base, instance_ids())
+    raw = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_cityscapes.yaml").read_text()
+    )
+    raw["model"].update(weights_backbone=None)  # nothing can be downloaded in the tests
+    raw["model"]["options"].update(
+        {**TINY, "min_size": [32, 48], "max_size": 96, "frozen_bn": False,
+         "trainable_backbone_layers": None}
+    )  # fmt: skip
+    raw["data"].update(root=str(root), num_workers=0)
+    raw["optim"]["lr"] = 1e-4
+    raw["train"].update(iters=2, eval_every=2, device="cpu", out_dir=str(tmp_path / "runs"))
+    trainer = Trainer(config_from_dict(raw), progress=False)
+    assert trainer.classes[1:3] == ["person", "rider"] and trainer.num_classes == 9
+    report = trainer.fit()
+    assert report is not None and set(report.as_dict()) == {"segm", "bbox", "semantic"}
+
+
 def test_the_task_comes_from_the_model_and_batches_lists(tmp_path, coco_root):
     config = config_from_dict(instance_config(tmp_path, coco_root))
     task = task_for(config, 3, ["background", "square", "bar"], [(0, 0, 0)] * 3)

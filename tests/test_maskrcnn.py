@@ -82,6 +82,23 @@ def test_the_model_does_not_normalise_again():
     assert torch.equal(model.transform.normalize(x), x)
 
 
+def test_several_shorter_sides_train_at_one_drawn_per_batch_and_evaluate_at_the_last():
+    """The paper's Cityscapes recipe: shorter side drawn from [800, 1024] in training, 1024 at
+    inference; torchvision draws one of the sizes per batch and evaluates at the last."""
+    model = meta_model(min_size=[16, 24, 32], max_size=96)
+    assert model.transform.min_size == (16, 24, 32)
+    image = torch.zeros(3, 40, 60)
+    model.transform.eval()
+    assert model.transform([image])[0].image_sizes == [(32, 48)]
+    model.transform.train()
+    torch.manual_seed(0)
+    drawn = {model.transform([image])[0].image_sizes[0] for _ in range(30)}
+    assert drawn == {(16, 24), (24, 36), (32, 48)}
+    for bad in ([], [0, 800]):
+        with pytest.raises(PixelwiseError, match="min_size"):
+            meta_model(min_size=bad)
+
+
 def test_trainable_layers_follow_torchvisions_rule():
     def frozen(model: nn.Module) -> set[str]:
         names = {n.split(".")[0] for n, p in model.backbone.body.named_parameters()}

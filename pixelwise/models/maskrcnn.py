@@ -44,7 +44,7 @@ and ``masks`` (Nx1xHxW probabilities in [0, 1]) at that image's size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -151,10 +151,16 @@ def _build_maskrcnn(
     weights_backbone: WeightsSource,
     trainable_backbone_layers: int | None,
     frozen_bn: bool,
-    min_size: int,
+    min_size: int | Sequence[int],
     max_size: int,
     **heads: float,
 ) -> MaskRCNN:
+    sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+    if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
+        raise PixelwiseError(
+            f"min_size is {min_size!r}; give the shorter side in pixels (800) or the sizes to draw "
+            "from in training, the last also the evaluation size ([800, 832, ..., 1024])."
+        )
     if num_classes < 2:
         raise PixelwiseError(
             f"Mask R-CNN needs num_classes >= 2 (background and at least one class), got "
@@ -175,7 +181,7 @@ def _build_maskrcnn(
         weights=None,
         weights_backbone=None,
         num_classes=num_classes,
-        min_size=min_size,
+        min_size=sizes,
         max_size=max_size,
         image_mean=[0.0, 0.0, 0.0],  # pixelwise's data pipeline has normalised already
         image_std=[1.0, 1.0, 1.0],
@@ -210,7 +216,7 @@ def maskrcnn_resnet50_fpn(
     weights_backbone: WeightsSource = None,
     trainable_backbone_layers: int | None = None,
     frozen_bn: bool = True,
-    min_size: int = 800,
+    min_size: int | Sequence[int] = 800,
     max_size: int = 1333,
     rpn_post_nms_top_n_train: int = 2000,
     rpn_post_nms_top_n_test: int = 1000,
@@ -227,7 +233,8 @@ def maskrcnn_resnet50_fpn(
         trainable_backbone_layers: ResNet stages that train (0-5); default 3 with pretrained
             weights, else 5.
         frozen_bn: ``FrozenBatchNorm2d`` in the ResNet (the paper) instead of trainable BN.
-        min_size: the shorter side images are resized to inside the model.
+        min_size: the shorter side images are resized to inside the model; several sizes:
+            training draws one per batch, evaluation takes the last (torchvision's rule).
         max_size: the cap on the longer side.
         rpn_post_nms_top_n_train: RPN proposals kept per image in training (torchvision's name).
         rpn_post_nms_top_n_test: RPN proposals kept per image in eval.
@@ -269,7 +276,7 @@ def maskrcnn_resnet50_fpn_v2(
     weights_backbone: WeightsSource = None,
     trainable_backbone_layers: int | None = None,
     frozen_bn: bool = False,
-    min_size: int = 800,
+    min_size: int | Sequence[int] = 800,
     max_size: int = 1333,
     rpn_post_nms_top_n_train: int = 2000,
     rpn_post_nms_top_n_test: int = 1000,
