@@ -78,6 +78,23 @@ def test_sync_bn_under_gloo_matches_one_process_at_the_whole_batch(tmp_path):
     assert (meta["world_size"], meta["batch_per_process"], meta["batch_total"]) == (2, 2, 4)
 
 
+def _torchrun_script(source: str, cfg: dict, tmp_path, tag: str) -> dict:
+    """Run ``source`` in two processes with ``cfg`` as its argument; the JSON rank 0 printed
+    after ``tag``."""
+    config, script = tmp_path / f"{tag.lower()}.json", tmp_path / f"{tag.lower()}.py"
+    config.write_text(json.dumps(cfg))
+    script.write_text(source)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(config)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith(tag))
+    return json.loads(line.removeprefix(f"{tag} "))
+
+
 _STAGED_SCRIPT = """
 import json, sys
 import torch.distributed as dist
@@ -107,18 +124,7 @@ def test_decouplednet_stages_under_ddp_draw_the_labelled_images_split_between_pr
     }
     cfg["data"].update(labeled_fraction=0.5, batch_size=2, crop_size=None, scale_range=[1.0, 1.0])
     cfg["data"]["val_options"] = {"num_samples": 2}
-    config, script = tmp_path / "staged.json", tmp_path / "staged.py"
-    config.write_text(json.dumps(cfg))
-    script.write_text(_STAGED_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(config)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("STAGED"))
-    found = json.loads(line.removeprefix("STAGED "))
+    found = _torchrun_script(_STAGED_SCRIPT, cfg, tmp_path, "STAGED")
     first, second = found["shards"]
     assert found["step"] == 3 and len(found["labelled"]) == 6
     assert len(first) == len(second) == 2 and not set(first) & set(second)
@@ -151,18 +157,7 @@ def test_gan_ss_under_ddp_keeps_both_players_the_same_on_every_process(tmp_path)
     cfg = gan_config(tmp_path / "runs", iters=3, eval_every=3)
     cfg["data"].update(batch_size=2, labeled_fraction=0.5)
     cfg["data"]["val_options"] = {"num_samples": 2}
-    config, script = tmp_path / "gan.json", tmp_path / "gan.py"
-    config.write_text(json.dumps(cfg))
-    script.write_text(_GAN_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(config)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("GAN"))
-    found = json.loads(line.removeprefix("GAN "))
+    found = _torchrun_script(_GAN_SCRIPT, cfg, tmp_path, "GAN")
     first, second = found["ranks"]
     assert found["step"] == 3
     assert first["noise"] != second["noise"]  # each process makes its own images
