@@ -278,6 +278,25 @@ def test_evaluation_picture_has_a_row_of_generated_images(tmp_path):
     assert np.array_equal(trainer.prediction_picture(), picture)
 
 
+def test_averaged_gradients_leave_unused_and_frozen_parameters_without_one(tmp_path):
+    import torch.distributed as dist
+
+    from pixelwise.engine.gan_task import average_gradients
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        used, unused, frozen = (torch.nn.Parameter(torch.ones(2)) for _ in range(3))
+        frozen.requires_grad_(False)
+        used.grad = torch.tensor([0.5, -2.0])
+        mean = average_gradients([used, unused, frozen], torch.tensor(3.0))
+        assert mean.item() == 3.0 and torch.equal(used.grad, torch.tensor([0.5, -2.0]))
+        assert unused.grad is None and frozen.grad is None
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_wrapped_step_updates_both_players_and_draws_noise_from_seed_step_and_rank(tmp_path):
     """Under DistributedDataParallel (a one-process group here; two processes: test_distributed)
     the step averages gradients itself and draws G's noise from (seed, step, rank)."""

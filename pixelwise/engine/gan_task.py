@@ -125,22 +125,24 @@ def _no_weight_gradients(module: nn.Module) -> Iterator[None]:
 def average_gradients(params: Sequence[nn.Parameter], loss: Tensor) -> Tensor:
     """Average ``params``' gradients over the processes, as DistributedDataParallel would.
 
-    One flat all-reduce of every gradient (a parameter without one contributes zeros, so that
-    every process reduces the same vector) and of the loss; returns the mean loss. A process
-    whose loss or gradients are not finite makes the mean not finite on every process, so all
-    skip or all step together.
+    One flat all-reduce of every trainable parameter's gradient (zeros where a process has none,
+    so that every process reduces the same vector), of whether each process had one, and of the
+    loss; returns the mean loss. A parameter no process gave a gradient keeps none, so the
+    optimizer leaves it alone as it would in one process. A process whose loss or gradients are
+    not finite makes the mean not finite on every process, so all skip or all step together.
     """
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).float()])
+    params = [p for p in params if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    loss = loss.detach().reshape(1).float()
+    had = torch.tensor([float(p.grad is not None) for p in params], device=loss.device)
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [had, loss])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
     offset = 0
-    for g in grads:
+    for p, g, present in zip(params, grads, flat[-1 - len(params) : -1].tolist(), strict=True):
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+        p.grad = g if present > 0 else None
     return flat[-1]
 
 
