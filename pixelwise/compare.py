@@ -307,9 +307,12 @@ def check_networks(
 
 
 def _check_same_evaluation(names: Sequence[str], data: Sequence[Any], given: Sequence[str]) -> None:
+    """The networks must be scored on the same validation images; their training data may differ
+    (a recipe brings its own), so the options compared are those the validation split is read
+    with, ``data.options`` updated by ``data.val_options``."""
     first = data[0]
     for name, d in zip(names[1:], data[1:], strict=True):
-        for key in ("dataset", "root", "val_split", "val_options"):
+        for key in ("dataset", "root", "val_split"):
             if key in given:
                 continue
             if getattr(d, key) != getattr(first, key):
@@ -318,11 +321,18 @@ def _check_same_evaluation(names: Sequence[str], data: Sequence[Any], given: Seq
                     f"{getattr(first, key)!r}; networks are compared on the same validation images, "
                     "so make them agree (an override key=value applies to all)."
                 )
-        if d.options != first.options:
+        if validation_options(d) != validation_options(first):
             raise PixelwiseError(
-                f"{name} reads {d.dataset} with data.options {d.options!r} but {names[0]} with "
-                f"{first.options!r}; set the same options for all (data.options=...)."
+                f"{name} reads the {d.dataset} validation split with options "
+                f"{validation_options(d)!r} but {names[0]} with {validation_options(first)!r}; "
+                "networks are compared on the same validation images, so set the same "
+                "(data.val_options=... applies to all)."
             )
+
+
+def validation_options(data: Any) -> dict[str, Any]:
+    """The dataset options the validation split is built with (as the Trainer builds it)."""
+    return {**data.options, **data.val_options}
 
 
 # -- measuring ----------------------------------------------------------------------------------

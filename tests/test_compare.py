@@ -22,6 +22,7 @@ from pixelwise.compare import (
     split_network_options,
 )
 from pixelwise.config import config_from_dict
+from pixelwise.errors import PixelwiseError
 from pixelwise.models import list_models
 from pixelwise.viz import legend
 
@@ -285,6 +286,24 @@ def test_semi_supervised_networks_are_compared_with_the_baseline_on_the_same_pix
     assert any(f"includes its generator's {generator:,}," in note for note in data["notes"])
     assert rows["decouplednet"]["gflops"] is None and rows["gan_ss"]["gflops"] > 0
     assert any(note.startswith("No GFLOPs for decouplednet:") for note in data["notes"])
+
+
+def test_recipes_may_train_on_other_data_but_are_scored_on_the_same_validation_images():
+    from pixelwise.compare import check_networks
+
+    def config(options: dict, val_options: dict, model: str = "enet"):
+        return config_from_dict({
+            "model": {"name": model},
+            "data": {"dataset": "shapes", "options": options, "val_options": val_options},
+            "train": {"iters": 1},
+        })  # fmt: skip
+
+    demo = config({"image_size": [64, 64], "num_samples": 2000}, {"num_samples": 200}, "linknet")
+    recipe = config({"image_size": [64, 64], "num_samples": 20000}, {"num_samples": 200})
+    check_networks(["linknet", "enet"], [demo, recipe])  # 2000 or 20000 to train, the same val
+    fewer = config({"image_size": [64, 64], "num_samples": 20000}, {"num_samples": 100})
+    with pytest.raises(PixelwiseError, match="enet reads the shapes validation split with options"):
+        check_networks(["linknet", "enet"], [demo, fewer])
 
 
 def test_the_command_runs_the_same_comparison_again():

@@ -193,6 +193,12 @@ CASES = [
         "must be null or an integer",
     ),
     Case(
+        "model-option-it-does-not-take",
+        "config",
+        lambda f, c: ["train", str(_config(f)), "model.name=enet", "model.options={padding: same}"],
+        "'enet' does not take padding; its options are: none.",
+    ),
+    Case(
         "config-bad-choice",
         "config",
         lambda f, c: ["train", str(_config(f)), "optim.name=lion"],

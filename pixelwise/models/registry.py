@@ -72,7 +72,7 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     accepted = inspect.signature(info.builder).parameters
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        valid = ", ".join(p for p in accepted if p != "num_classes")
+        valid = ", ".join(p for p in accepted if p != "num_classes") or "none"
         raise PixelwiseError(
             f"Model {name!r} does not take {', '.join(unknown)}; its options are: {valid}."
         )
