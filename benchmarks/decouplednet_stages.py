@@ -1,9 +1,12 @@
 """DecoupledNet's two stages on shapes outside the engine: each stage with its own stream.
 
-The engine's run has one data stream, half of it the labelled images' repeats, which the
-classifier stage wastes. Here the classifier trains on every training image's image-level labels
-alone (batches drawn from all of them), then, frozen, feeds the segmentation stage, which draws
-its batches from the labelled images only, as the release's two runs do. The figures
+The study that led to the engine's stream per stage (``Task.stage_samples``): when the engine had
+one data stream, half of it the labelled images' repeats, the classifier stage wasted it. Here
+the classifier trains on every training image's image-level labels alone (batches drawn from all
+of them), then, frozen, feeds the segmentation stage, which draws its batches from the labelled
+images only, as the release's two runs do and as ``pixelwise train
+configs/decouplednet_shapes.yaml`` now does; the script keeps the stages' batch sizes and
+learning rates apart, which one engine run does not. The figures
 docs/results.md quotes (classifier 87 % after 2000 iterations of 32 on 20000 images; 42-45 val
 mIoU with 100 labelled images) came from this script's first, uncommitted form with the same
 defaults; a rerun gives figures of that kind, not bit-identical ones:

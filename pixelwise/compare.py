@@ -309,7 +309,7 @@ def check_networks(
 def _check_same_evaluation(names: Sequence[str], data: Sequence[Any], given: Sequence[str]) -> None:
     """The networks must be scored on the same validation images; their training data may differ
     (a recipe brings its own), so the options compared are those the validation split is read
-    with, ``data.options`` updated by ``data.val_options``."""
+    with (:meth:`~pixelwise.config.DataConfig.split_options`)."""
     first = data[0]
     for name, d in zip(names[1:], data[1:], strict=True):
         for key in ("dataset", "root", "val_split"):
@@ -321,18 +321,14 @@ def _check_same_evaluation(names: Sequence[str], data: Sequence[Any], given: Seq
                     f"{getattr(first, key)!r}; networks are compared on the same validation images, "
                     "so make them agree (an override key=value applies to all)."
                 )
-        if validation_options(d) != validation_options(first):
+        mine, theirs = d.split_options(d.val_split), first.split_options(first.val_split)
+        if mine != theirs:
             raise PixelwiseError(
                 f"{name} reads the {d.dataset} validation split with options "
-                f"{validation_options(d)!r} but {names[0]} with {validation_options(first)!r}; "
+                f"{mine!r} but {names[0]} with {theirs!r}; "
                 "networks are compared on the same validation images, so set the same "
                 "(data.val_options=... applies to all)."
             )
-
-
-def validation_options(data: Any) -> dict[str, Any]:
-    """The dataset options the validation split is built with (as the Trainer builds it)."""
-    return {**data.options, **data.val_options}
 
 
 # -- measuring ----------------------------------------------------------------------------------

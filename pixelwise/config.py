@@ -49,6 +49,13 @@ class DataConfig:
     labeled_fraction: float | None = field(default=None, metadata={"example": 0.125})
     labeled_list: str | None = field(default=None, metadata={"example": "labeled.txt"})
 
+    def split_options(self, split: str) -> dict[str, Any]:
+        """The dataset options ``split`` is read with: ``options``, updated by ``val_options``
+        for every split but the training one."""
+        if split == self.train_split:
+            return dict(self.options)
+        return {**self.options, **self.val_options}
+
 
 @dataclass
 class OptimConfig:

@@ -309,7 +309,7 @@ class Balanced(Dataset):
     about half of an epoch's samples.
 
     Salimans et al. and Odena draw a labelled and an unlabelled batch of the same size at every
-    step; the engine has one stream, so the labelled images are repeated
+    step; the engine draws one stream (per training stage), so the labelled images are repeated
     ``round(unlabelled / labelled)`` times instead (1/8 labelled: each 7 times). An epoch is then
     every unlabelled image once and every labelled one r times; with all samples labelled (or none
     unlabelled) it is the split itself. The order is a pure function of the subset.

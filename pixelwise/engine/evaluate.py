@@ -66,8 +66,7 @@ def split_dataset(config: Config, split: str | None = None, root: str | None = N
     """The run's dataset on ``split`` (default its val split), with the options training used."""
     d = config.data
     split = split or d.val_split
-    options = d.options if split == d.train_split else {**d.options, **d.val_options}
-    return build_dataset(d.dataset, root or d.root, split=split, **options), split
+    return build_dataset(d.dataset, root or d.root, split=split, **d.split_options(split)), split
 
 
 class Evaluator:

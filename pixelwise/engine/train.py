@@ -56,8 +56,8 @@ _STAGE_EPOCHS = 1_000_000
 
 def build_datasets(cfg: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
     d = cfg.data
-    train = build_dataset(d.dataset, d.root, split=d.train_split, **d.options)
-    val = build_dataset(d.dataset, d.root, split=d.val_split, **{**d.options, **d.val_options})
+    train = build_dataset(d.dataset, d.root, split=d.train_split, **d.split_options(d.train_split))
+    val = build_dataset(d.dataset, d.root, split=d.val_split, **d.split_options(d.val_split))
     if len(train) == 0:
         raise PixelwiseError(
             f"Dataset {d.dataset!r} split {d.train_split!r} under {d.root} holds no samples; check data.root."
@@ -154,9 +154,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.task.setup(self.model, self.device, self.train_set)
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
-        self.iters_per_epoch = EpochBatchSampler(
-            len(self.train_set), d.batch_size, rank=self.dist.rank, world_size=self.dist.world_size
-        ).__len__()
+        self.iters_per_epoch = self._batches_per_epoch(len(self.train_set))
         if self.iters_per_epoch == 0:
             raise PixelwiseError(
                 f"data.batch_size {d.batch_size} is larger than the {len(self.train_set)} training "
