@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from pixelwise.data.subset import image_labels_of
 from pixelwise.engine.evaluate import split_dataset
 from pixelwise.engine.model_io import load_model
-from pixelwise.engine.task import task_for
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models.decouplednet import DecoupledNet
+from pixelwise.tasks import build_task as task_for
 
 
 @contextmanager

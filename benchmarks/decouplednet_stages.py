@@ -29,9 +29,9 @@ from torch import Tensor
 
 from pixelwise.data.shapes import SHAPES_CLASSES, render_sample
 from pixelwise.data.subset import image_labels_of
-from pixelwise.engine.decoupled import decoupled_loss, figure_ground_pairs
 from pixelwise.metrics import ConfusionMatrix
 from pixelwise.models.decouplednet import DecoupledNet, decouplednet
+from pixelwise.tasks.decoupled import decoupled_loss, figure_ground_pairs
 
 CLASSES = len(SHAPES_CLASSES)
 
@@ -62,7 +62,10 @@ def poly(optimizer: torch.optim.Optimizer, base: float, step: int, total: int) -
 def report(model: DecoupledNet, val: tuple[Tensor, Tensor, Tensor]) -> dict[str, float]:
     images, labels, masks = val
     model.eval()
-    detected, oracle = ConfusionMatrix(CLASSES, device="cpu"), ConfusionMatrix(CLASSES, device="cpu")
+    detected, oracle = (
+        ConfusionMatrix(CLASSES, device="cpu"),
+        ConfusionMatrix(CLASSES, device="cpu"),
+    )
     for start in range(0, len(images), 50):
         x, truth = images[start : start + 50], labels[start : start + 50, 1:] > 0
         detected.update(model(x).argmax(1), masks[start : start + 50])
@@ -121,7 +124,7 @@ def main() -> None:
     )
     for step in range(args.segmentation_iters):
         model.train()
-        model.trunk.eval()  # frozen: running statistics, as at inference
+        model.backbone.eval()  # frozen: running statistics, as at inference
         batch = labelled[torch.randint(0, args.labelled, (args.segmentation_batch,))]
         x, mask = flip_half(images[batch], masks[batch])
         pairs = figure_ground_pairs(labels[batch], torch.ones(len(batch), dtype=torch.bool))

@@ -30,7 +30,12 @@ OPEN = (
 def write_tree(root: Path, count: int) -> None:
     images = root / "images" / "training"
     labels = root / "annotations" / "training"
-    for folder in (images, labels, root / "images" / "validation", root / "annotations" / "validation"):
+    for folder in (
+        images,
+        labels,
+        root / "images" / "validation",
+        root / "annotations" / "validation",
+    ):
         folder.mkdir(parents=True, exist_ok=True)
     for i in range(1, count + 1):
         name = f"ADE_train_{i:08d}"
@@ -48,7 +53,9 @@ def open_once(root: Path, env: dict[str, str]) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "index_speed.json"))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "index_speed.json")
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ADEChallengeData2016"

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from machine import machine_info, machine_line
 from torch import Tensor, nn
 
-from pixelwise.bench import autocast, synchronize
+from pixelwise.bench import synchronize
+from pixelwise.engine.precision import decide_precision
 from pixelwise.models import build_model
 from pixelwise.models.complexity import count_parameters
 
@@ -101,7 +102,7 @@ def time_step(
     device = x.device
     synchronize(device)
     start = time.perf_counter()
-    with autocast(device, amp):
+    with decide_precision(amp, device).autocast():
         if mode == "inference":
             with torch.inference_mode():
                 model(x)

@@ -78,13 +78,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out-dir", default="runs/benchmarks")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "train_camvid.json"))
+    parser.add_argument(
+        "--json", default=str(ROOT / "benchmarks" / "results" / "train_camvid.json")
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     cfg = build_config(args)
     started = time.perf_counter()
-    trainer = Trainer(cfg, progress=False)
+    trainer = Trainer.from_config(cfg, progress=False)
     scores = trainer.fit()
     seconds = time.perf_counter() - started
     classes = list(trainer.classes)

@@ -15,9 +15,10 @@ For each network, at one input size on one device:
   (``malloc_trim``): an estimate that includes the allocator's own slack, and ``None`` where
   ``/proc`` is missing.
 
-AMP is autocast to bfloat16 on the CPU and float16 on CUDA (with a GradScaler for training), and
-only where it is in effect (:func:`~pixelwise.engine.evaluate.amp_in_effect`: on a CPU without
-native bf16 it would be ~10x slower, so the networks run in fp32 and the result says so).
+AMP is the engine's :class:`~pixelwise.engine.precision.Precision`: autocast to bfloat16 on the CPU
+and float16 on CUDA (with a GradScaler for training), and only where it is in effect (on a CPU
+without native bf16 it would be ~10x slower, so the networks run in fp32 and the result says so).
+Only networks whose task has one fixed forward to logits are timed (``Task.bench_refusal``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixelwise.engine.precision import Precision, cpu_has_fast_bf16, decide_precision
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
 from pixelwise.models.complexity import count_flops, count_parameters
@@ -56,7 +58,7 @@ class BenchSettings:
         size: input (H, W).
         batch: N, the batch of the second latency and of training.
         device: ``"auto"`` (CUDA when visible), ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.
-        amp: autocast asked for (in effect only where :func:`amp_in_effect` says so).
+        amp: autocast asked for (in effect where :func:`~pixelwise.engine.precision.decide_precision` says so).
         channels_last: network and inputs in channels_last memory format.
         compile: ``torch.compile`` the network (its compilation happens in the warm-up calls).
         num_classes: output classes; None for each network's paper setting.
@@ -124,13 +126,12 @@ def check_networks(names: Sequence[str], settings: BenchSettings) -> dict[str, f
         raise PixelwiseError(
             "No network to bench; name some with --models, e.g. --models enet,linknet."
         )
+    from pixelwise.tasks import task_class
+
     for name in names:
-        info = model_info(name)  # an unknown name raises, listing the registered ones
-        if info.task != "semantic":
-            raise PixelwiseError(
-                f"{name} is a network of task {info.task!r}, not 'semantic'; pixelwise bench "
-                "times networks that return per-pixel logits, so leave it out of --models."
-            )
+        refusal = task_class(name).bench_refusal  # an unknown name raises, listing the known ones
+        if refusal is not None:
+            raise PixelwiseError(f"{name} cannot be benched: {refusal}; leave it out of --models.")
     stray = sorted(set(settings.model_options) - set(names))
     if stray:
         raise PixelwiseError(
@@ -189,16 +190,14 @@ def bench_model(
 
         template = model
 
-    from pixelwise.engine.evaluate import amp_in_effect  # the engine sits above models
-
-    amp = amp_in_effect(settings.amp, device)
+    precision = decide_precision(settings.amp, device)
     result = BenchResult(
         model=name,
         device=str(device),
         size=list(settings.size),
         batch=settings.batch,
         num_classes=num_classes,
-        amp=amp,
+        amp=precision.enabled,
         channels_last=settings.channels_last,
         compile=settings.compile,
         params=count_parameters(template),
@@ -211,12 +210,12 @@ def bench_model(
         del template
         torch.manual_seed(0)
         inference = prepare_model(fresh(), device, settings).eval()
-        result.latency_ms = 1e3 * time_inference(inference, 1, device, amp, settings)
+        result.latency_ms = 1e3 * time_inference(inference, 1, device, precision, settings)
         result.latency_batch_ms = 1e3 * time_inference(
-            inference, settings.batch, device, amp, settings
+            inference, settings.batch, device, precision, settings
         )
         del inference
-        seconds, peak = time_training(fresh, device, amp, settings)
+        seconds, peak = time_training(fresh, device, precision, settings)
         result.train_images_per_s = settings.batch / seconds
         result.peak_memory_mb = None if peak is None else peak / 2**20
     except (RuntimeError, ValueError, NotImplementedError) as error:
@@ -253,12 +252,6 @@ def prepare_model(model: nn.Module, device: torch.device, settings: BenchSetting
     return model
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on the CPU (float16 has poor CPU kernels), float16 on CUDA."""
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -286,17 +279,19 @@ def _inputs(batch: int, model: nn.Module, device: torch.device, settings: BenchS
 
 
 def time_inference(
-    model: nn.Module, batch: int, device: torch.device, amp: bool, settings: BenchSettings
+    model: nn.Module,
+    batch: int,
+    device: torch.device,
+    precision: Precision,
+    settings: BenchSettings,
 ) -> float:
-    """Median seconds of one forward of a random ``batch`` in ``torch.inference_mode``.
-
-    ``amp`` is used as given (a caller that wants the engine's choice passes
-    :func:`amp_in_effect`'s answer); the caller puts ``model`` in eval mode.
+    """Median seconds of one forward of a random ``batch`` in ``torch.inference_mode`` under
+    ``precision``; the caller puts ``model`` in eval mode.
     """
     x = _inputs(batch, model, device, settings)
 
     def step() -> None:
-        with torch.inference_mode(), autocast(device, amp):
+        with torch.inference_mode(), precision.autocast():
             model(x)
 
     # A compiled network compiles (again, for a new batch) on its first call: never timed.
@@ -307,7 +302,7 @@ def time_inference(
 def time_training(
     fresh: Callable[[], nn.Module],
     device: torch.device,
-    amp: bool,
+    precision: Precision,
     settings: BenchSettings,
 ) -> tuple[float, int | None]:
     """Median seconds of one SGD step at ``settings.batch`` and the steps' peak memory in bytes.
@@ -315,7 +310,7 @@ def time_training(
     Args:
         fresh: builds the network to train (a new one: training changes its weights).
         device: where it runs.
-        amp: autocast, used as given (with a GradScaler on CUDA).
+        precision: autocast and gradient scaling (:mod:`pixelwise.engine.precision`).
         settings: size, batch, channels_last, compile, warm-up and runs.
     """
     with peak_memory(device) as peak:
@@ -323,14 +318,14 @@ def time_training(
         model = prepare_model(fresh(), device, settings).train()
         # A small learning rate keeps the weights (and so the kernels' speed) from blowing up.
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+        scaler = precision.grad_scaler()
         x = _inputs(settings.batch, model, device, settings)
         target: torch.Tensor | None = None
 
         def step() -> None:
             nonlocal target
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, amp):
+            with precision.autocast():
                 logits = model(x)
                 if target is None:  # at the logits' size: a valid-padding U-Net predicts less
                     shape = (logits.shape[0], *logits.shape[-2:])
@@ -424,7 +419,6 @@ def machine() -> dict[str, object]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    from pixelwise.engine.evaluate import cpu_has_fast_bf16
 
     info: dict[str, object] = {
         "platform": platform.platform(),

@@ -21,17 +21,22 @@ from pixelwise.errors import PixelwiseError
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pixelwise", description="Semantic segmentation networks of 2014-2017, faithful to their papers."
+        prog="pixelwise",
+        description="Semantic segmentation networks of 2014-2017, faithful to their papers.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="train a small U-Net on the built-in shapes dataset (CPU, minutes)")
+    demo = sub.add_parser(
+        "demo", help="train a small U-Net on the built-in shapes dataset (CPU, minutes)"
+    )
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     train = sub.add_parser("train", help="train from a YAML config")
     train.add_argument("config", help="a YAML file, e.g. configs/enet_camvid.yaml")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01")
+    train.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.01"
+    )
     train.add_argument(
         "--resume",
         metavar="LAST_PT",
@@ -61,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="segment images with a checkpoint")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
-    pr.add_argument("--out", required=True, help="folder for <name>_label.png and <name>_overlay.png")
+    pr.add_argument(
+        "--out", required=True, help="folder for <name>_label.png and <name>_overlay.png"
+    )
     pr.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
     pr.add_argument(
         "--score-threshold", type=float, default=0.5,
@@ -89,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--models", required=True, help="comma-separated, e.g. enet,linknet")
     bench.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
-    bench.add_argument("--batch", type=int, default=4, help="N: the 2nd latency's and training's batch")
+    bench.add_argument(
+        "--batch", type=int, default=4, help="N: the 2nd latency's and training's batch"
+    )
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--amp", action="store_true", help="autocast: bf16 (native CPUs) or fp16")
     bench.add_argument("--channels-last", action="store_true")
@@ -109,8 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--models", help="comma-separated networks to train, e.g. unet,enet,linknet")
     cmp.add_argument("--checkpoints", help="comma-separated checkpoints to evaluate instead")
-    cmp.add_argument("--out", required=True, help="folder for comparison.md/.json/.png and run folders")
-    cmp.add_argument("--dataset", help="any registered dataset (default: the base config's, shapes)")
+    cmp.add_argument(
+        "--out", required=True, help="folder for comparison.md/.json/.png and run folders"
+    )
+    cmp.add_argument(
+        "--dataset", help="any registered dataset (default: the base config's, shapes)"
+    )
     cmp.add_argument("--root", help="the dataset's folder")
     budget = cmp.add_mutually_exclusive_group()
     budget.add_argument("--iters", type=int, help="training iterations of every network")
@@ -124,6 +137,11 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--device", default="auto", help="--checkpoints: where to evaluate")
     cmp.add_argument("--rows", type=int, default=4, help="validation images in comparison.png")
     cmp.add_argument(
+        "--set", action="append", default=[], dest="network_sets", metavar="NAME:key=value",
+        help="a config override for one network of --models only, applied after the shared "
+        "overrides and its recipe, e.g. --set enet:optim.lr=5e-4 (repeatable)",
+    )  # fmt: skip
+    cmp.add_argument(
         "overrides", nargs="*", metavar="key=value",
         help="config overrides for every network (data.batch_size=8), or one network's build "
         "option (unet.base_channels=16)",
@@ -131,7 +149,9 @@ def _parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="list datasets, or check one on disk")
     dsub = datasets.add_subparsers(dest="action", metavar="ACTION")
-    check = dsub.add_parser("check", help="walk a dataset and report problems and the class histogram")
+    check = dsub.add_parser(
+        "check", help="walk a dataset and report problems and the class histogram"
+    )
     check.add_argument("name")
     check.add_argument("root")
     check.add_argument("--split", default="train")
@@ -145,9 +165,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_tta(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="average with the horizontal flip")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference")
+    parser.add_argument(
+        "--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference"
+    )
     parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="sliding-window size")
-    parser.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride")
+    parser.add_argument(
+        "--stride", type=int, nargs=2, metavar=("H", "W"), help="sliding-window stride"
+    )
     parser.add_argument("--device", default="auto")
 
 
@@ -207,7 +231,7 @@ def cmd_train(args) -> int:
     from pixelwise.config import load_config
 
     # With --resume the config file and overrides must agree with the run's own config except in
-    # engine.train.RESUME_MAY_CHANGE (run length, reporting, data root, device); the Trainer checks.
+    # engine.run.RESUME_MAY_CHANGE (run length, reporting, data root, device); build_run checks.
     config = load_config(args.config, args.overrides)
     return _run_training(config, resume=args.resume)
 
@@ -216,7 +240,7 @@ def _run_training(config, resume: str | None) -> int:
     from pixelwise.engine.train import Trainer
 
     started = time.perf_counter()
-    trainer = Trainer(config, resume=resume)
+    trainer = Trainer.from_config(config, resume=resume)
     if trainer.dist.is_main:
         print(
             f"training {config.model.name} on {config.data.dataset} ({len(trainer.train_set)} train / "
@@ -234,9 +258,8 @@ def _run_training(config, resume: str | None) -> int:
         return 130
     if scores is not None:
         print(scores.format(trainer.classes))  # the task's table (an instance run: COCO AP)
-    kept = "mask AP" if trainer.task.name == "instance" else "mIoU"
     print(
-        f"best val {kept} {100 * trainer.best_score:.2f} | {time.perf_counter() - started:.0f} s | "
+        f"best val {trainer.task.score_name} {100 * trainer.best_score:.2f} | {time.perf_counter() - started:.0f} s | "
         f"run folder {trainer.run_dir} (config.yaml, metrics.jsonl, best.pt, last.pt, "
         "predictions.png, tensorboard/)"
     )
@@ -253,7 +276,7 @@ def _output_file(path: Path, flag: str, example: str) -> Path:
 
 def _tta(args):
     from pixelwise.engine.inference import check_tta
-    from pixelwise.engine.task import TTA
+    from pixelwise.tasks.base import TTA
 
     check_tta(args.scales, args.crop, args.stride)
     return TTA(tuple(args.scales), args.flip, args.crop, args.stride)
@@ -301,12 +324,10 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     from pixelwise.data.base import read_image
-    from pixelwise.engine.evaluate import predict_image, task_of
     from pixelwise.engine.model_io import load_model
-    from pixelwise.models.layers import center_crop
-    from pixelwise.viz import overlay, save_label_png, save_png, with_legend
+    from pixelwise.tasks.base import PredictSettings
 
-    tta = _tta(args)
+    settings = PredictSettings(_tta(args), args.score_threshold)
     images = [Path(name) for name in args.images]
     for path in images:
         if path.is_dir():
@@ -314,37 +335,19 @@ def cmd_predict(args) -> int:
         if not path.exists():
             raise PixelwiseError(f"Image {path} does not exist; check the path.")
     out = _output_folder(Path(args.out), "--out")
-    names = output_names(images)
-    targets = [(out / f"{n}_label.png", out / f"{n}_overlay.png") for n in names]
-    existing = [t for pair in targets for t in pair if t.exists()]
+    loaded = load_model(args.checkpoint, args.device)
+    # The task names what it writes for each image; none may replace a file without --overwrite.
+    targets = [[out / f for f in loaded.task.prediction_files(n)] for n in output_names(images)]
+    existing = [t for group in targets for t in group if t.exists()]
     if existing and not args.overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise PixelwiseError(
             f"{existing[0]}{more} already exist in --out {out}; pass --overwrite to replace them "
             "or choose another --out folder."
         )
-    loaded = load_model(args.checkpoint, args.device)
-    task = task_of(loaded)
-    if task.name == "instance":  # overlays of instances and COCO-results JSON
-        from pixelwise.engine.instance import write_instance_predictions
-
-        written = write_instance_predictions(
-            loaded, task, images, names, out, score_threshold=args.score_threshold,
-            overwrite=args.overwrite, tta=tta,
-        )  # fmt: skip
-        for path, files in zip(images, written, strict=True):
-            print(f"{path} -> {', '.join(str(f) for f in files)}")
-        return 0
-    for path, (label_path, overlay_path) in zip(images, targets, strict=True):
-        image = read_image(path)
-        # Preprocessed as eval preprocesses (data.resize, mean/std); labels at the image's size.
-        label, _ = predict_image(loaded.model, task, image, loaded.device, tta)
-        save_label_png(label, loaded.palette, label_path)
-        # A valid-padding model predicts the centre only: overlay that window of the image.
-        rgb = center_crop(image, tuple(label.shape)).permute(1, 2, 0).numpy()
-        picture = overlay(rgb, label, loaded.palette)
-        save_png(with_legend(picture, loaded.classes, loaded.palette), overlay_path)
-        print(f"{path} -> {label_path}, {overlay_path}")
+    for image_id, (path, paths) in enumerate(zip(images, targets, strict=True)):
+        loaded.write_prediction(read_image(path), paths, settings, image_id=image_id)
+        print(f"{path} -> {', '.join(str(p) for p in paths)}")
     return 0
 
 
@@ -387,6 +390,7 @@ def cmd_models(args) -> int:
 
     from pixelwise.models import build_model, list_models, model_info
     from pixelwise.models.complexity import count_flops, count_parameters
+    from pixelwise.tasks import task_class
 
     header = f"{'name':<24} {'task':<8} {'year':>4} {'params':>12}"
     header += f" {'GFLOPs':>9} {'at HxW':>9}" if args.flops else ""
@@ -396,7 +400,7 @@ def cmd_models(args) -> int:
         with torch.device("meta"):  # counts need shapes only: nothing is allocated or computed
             model = build_model(name, info.num_classes, **_paper_kwargs(info))
         line = f"{name:<24} {info.task:<8} {info.year:>4} {count_parameters(model):>12,}"
-        if args.flops and info.task in ("instance", "decoupled"):
+        if args.flops and not task_class(name).fixed_forward:
             # A detector's cost depends on how many proposals and detections an image yields
             # (and NMS cannot run on the meta device), DecoupledNet's on how many classes its
             # classifier detects (one decoder pass each): see docs/models.md.
@@ -502,14 +506,20 @@ def _options(cls) -> list[str]:
 
 
 def cmd_compare(args) -> int:
-    from pixelwise.compare import CompareSettings, run_comparison, split_network_options
+    from pixelwise.compare import (
+        CompareSettings,
+        run_comparison,
+        split_network_options,
+        split_network_sets,
+    )
     from pixelwise.models import list_models
 
     overrides, options = split_network_options(args.overrides, list_models())
     settings = CompareSettings(
         models=_names(args.models), checkpoints=_names(args.checkpoints), dataset=args.dataset,
         root=args.root, iters=args.iters, seconds=args.seconds, recipes=args.recipes,
-        config=args.config, overrides=overrides, model_options=options, split=args.split,
+        config=args.config, overrides=overrides, model_options=options,
+        network_overrides=split_network_sets(args.network_sets), split=args.split,
         device=args.device, rows=args.rows,
     )  # fmt: skip
     comparison = run_comparison(settings, args.out)

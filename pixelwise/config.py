@@ -169,7 +169,9 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
 
 def _build(cls: type, data: Any, source: str, prefix: str):
     if not isinstance(data, dict):
-        raise PixelwiseError(f"{source}: {prefix or 'the top level'} must be a mapping, got {data!r}.")
+        raise PixelwiseError(
+            f"{source}: {prefix or 'the top level'} must be a mapping, got {data!r}."
+        )
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]

@@ -533,13 +533,12 @@ def export_checkpoint(
     from pixelwise.models import model_info
 
     loaded = load_model(checkpoint, device="cpu")
-    name = loaded.meta["model"]
+    name = loaded.name
     info = model_info(name)
-    if info.task != "semantic":
-        raise PixelwiseError(
-            f"{name} in {checkpoint} is a network for the {info.task!r} task, and export writes "
-            "per-pixel logits of semantic networks only; export a semantic network's checkpoint."
-        )
+    try:
+        module = loaded.task.export_module(loaded.model)  # the task refuses what it cannot trace
+    except PixelwiseError as error:
+        raise PixelwiseError(f"{checkpoint}: {error}") from None
     data = loaded.config.data
     size = size or data.resize or data.crop_size or info.input_size
     metadata = {
@@ -547,13 +546,11 @@ def export_checkpoint(
         "num_classes": int(loaded.meta["num_classes"]),
         "classes": loaded.classes,
         "palette": loaded.palette,
-        "mean": [float(m) for m in loaded.meta["mean"]],
-        "std": [float(s) for s in loaded.meta["std"]],
-        "resize": list(data.resize) if data.resize else None,
+        **loaded.preprocessing,  # mean, std, resize: as eval and predict preprocess
         "input": INPUT_DESCRIPTION,
     }
     return export_model(
-        loaded.model,
+        module,
         out,
         fmt,
         size=size,

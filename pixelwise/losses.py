@@ -19,6 +19,7 @@ def match_target(logits: Tensor, target: Tensor) -> Tensor:
     """Centre-crop ``target`` to the logits' size when the model returned a smaller, valid crop."""
     return center_crop(target, tuple(logits.shape[-2:]))
 
+
 class CrossEntropy(nn.Module):
     """Pixel-wise cross entropy averaged over the non-ignored pixels of the batch.
 
@@ -26,7 +27,9 @@ class CrossEntropy(nn.Module):
     weights of the counted pixels), as in SegNet's and ENet's class balancing.
     """
 
-    def __init__(self, class_weights: Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self, class_weights: Tensor | None = None, ignore_index: int = IGNORE_INDEX
+    ) -> None:
         super().__init__()
         self.ignore_index = ignore_index
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -49,7 +52,10 @@ class BootstrappedCrossEntropy(nn.Module):
     """
 
     def __init__(
-        self, top_k: int = 512, class_weights: Tensor | None = None, ignore_index: int = IGNORE_INDEX
+        self,
+        top_k: int = 512,
+        class_weights: Tensor | None = None,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -61,7 +67,11 @@ class BootstrappedCrossEntropy(nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         target = match_target(logits, target)
         pixel_loss = F.cross_entropy(
-            logits, target, weight=self.class_weights, ignore_index=self.ignore_index, reduction="none"
+            logits,
+            target,
+            weight=self.class_weights,
+            ignore_index=self.ignore_index,
+            reduction="none",
         ).flatten(1)
         # Ignored pixels have loss 0 but must not be chosen either: rank them below everything.
         valid = (target != self.ignore_index).flatten(1)

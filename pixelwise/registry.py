@@ -1,9 +1,9 @@
-"""One registry type for models and datasets: filled by a decorator, strict about names."""
+"""One registry type for models, datasets and tasks: strict about names."""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from pixelwise.errors import PixelwiseError
@@ -47,13 +47,3 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def decorator_for(registry: Registry[T], name: str, make_entry: Callable[[object], T]):
-    """Return a decorator that registers ``make_entry(obj)`` under ``name`` and returns ``obj``."""
-
-    def wrap(obj):
-        registry.add(name, make_entry(obj))
-        return obj
-
-    return wrap

@@ -31,11 +31,15 @@ def colorize(mask: Tensor | np.ndarray, palette: Sequence[Sequence[int]]) -> np.
 
 def denormalise(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """A normalised 3×H×W float tensor back to H×W×3 uint8 for display."""
-    x = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    x = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(
+        3, 1, 1
+    )
     return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
-def overlay(image: np.ndarray, mask: Tensor | np.ndarray, palette, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image: np.ndarray, mask: Tensor | np.ndarray, palette, alpha: float = 0.5
+) -> np.ndarray:
     """Blend the coloured mask over the RGB image; ignored pixels keep the image."""
     colours = colorize(mask, palette).astype(np.float32)
     ids = mask.cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
@@ -69,11 +73,14 @@ def prediction_grid(
         spacer = np.full((h, gap, 3), 255, dtype=np.uint8)
         rows.append(
             np.concatenate(
-                [image, spacer, colorize(target, palette), spacer, colorize(prediction, palette)], axis=1
+                [image, spacer, colorize(target, palette), spacer, colorize(prediction, palette)],
+                axis=1,
             )
         )
     width = max(r.shape[1] for r in rows)
-    padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    padded = [
+        np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows
+    ]
     column = (width - 2 * gap) // 3
     header = _titles(["image", "ground truth", "prediction"], column + gap, width)
     grid = np.concatenate([header, *padded], axis=0)[:-gap]
@@ -126,7 +133,9 @@ def comparison_grid(
             row += [spacer, tile]
         rows.append(np.concatenate(row, axis=1))
     width = max(r.shape[1] for r in rows)
-    padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    padded = [
+        np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows
+    ]
     columns = 2 + len(predictions)
     step = (width - (columns - 1) * gap) // columns + gap
     header = _titles(["image", "ground truth", *names], step, width)
@@ -144,7 +153,9 @@ def legend(
     colour, wrapped into as many rows as needed."""
     from PIL import ImageDraw
 
-    entries = [(name, tuple(int(c) for c in colour)) for name, colour in zip(classes, palette, strict=True)]
+    entries = [
+        (name, tuple(int(c) for c in colour)) for name, colour in zip(classes, palette, strict=True)
+    ]
     entries.append(("ignore", IGNORE_COLOUR))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     placed, x, y = [], 2, 0
@@ -211,3 +222,11 @@ def plot_confusion(matrix: Tensor, classes: Sequence[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def spread_indices(size: int, count: int) -> list[int]:
+    """``count`` indices evenly spaced over ``range(size)``, first and last included: the images a
+    picture shows (consecutive frames of a video dataset look alike)."""
+    if size <= 0 or count <= 0:
+        return []
+    return sorted({round(v) for v in np.linspace(0, size - 1, min(count, size))})

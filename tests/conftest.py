@@ -1,13 +1,20 @@
-"""Shared fixtures: every test gets its own index cache, and torch uses few threads."""
+"""Shared fixtures: every test gets its own index cache, torch uses few threads, and the CPU's
+bfloat16 is decided by the tests, not by the machine they run on."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.paths import SHARED
+
+# Mixed precision on the CPU follows the CPU (bf16 where it is native): the suite forces the
+# float32 path here, also in the processes tests start, and the tests of the bf16 path force it
+# with monkeypatch.setenv(CPU_BF16_VARIABLE, "1") (autocast runs bf16 on any x86 CPU, only slower).
+os.environ["PIXELWISE_CPU_BF16"] = "0"
 
 
 @pytest.fixture(autouse=True)

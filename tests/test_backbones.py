@@ -1,4 +1,4 @@
-"""The shared encoders: declared outputs, dilation, deep stem, and the one weights path."""
+"""The shared backbones: declared outputs, dilation, deep stem, and the one weights path."""
 
 from __future__ import annotations
 
@@ -80,7 +80,11 @@ def test_deep_stem_is_three_convs_and_layer1_takes_128_channels() -> None:
     with torch.device("meta"):
         backbone = ResNetBackbone(50, deep_stem=True, return_layers=("stem", "layer1"))
         stem, layer1 = backbone(torch.empty(2, 3, 65, 67))
-    assert [backbone.conv1.stride, backbone.conv2.stride, backbone.conv3.stride] == [(2, 2), (1, 1), (1, 1)]
+    assert [backbone.conv1.stride, backbone.conv2.stride, backbone.conv3.stride] == [
+        (2, 2),
+        (1, 1),
+        (1, 1),
+    ]
     assert [c.kernel_size for c in (backbone.conv1, backbone.conv2, backbone.conv3)] == [(3, 3)] * 3
     assert tuple(stem.shape) == (2, 128, 17, 17) and backbone.out_channels == (128, 256)
     assert backbone.layer1[0].conv1.in_channels == 128
@@ -111,7 +115,9 @@ def test_torchvision_vgg16_bn_weights_land_in_place() -> None:
     assert backbone.strides == (1, 16, 32) and backbone.out_channels == (64, 512, 512)
     with torch.no_grad():
         conv1, conv5, pool5 = backbone.eval()(torch.randn(1, 3, 33, 50))
-    assert conv1.shape[-2:] == (33, 50) and conv5.shape[-2:] == (3, 4) and pool5.shape[-2:] == (2, 2)
+    assert (
+        conv1.shape[-2:] == (33, 50) and conv5.shape[-2:] == (3, 4) and pool5.shape[-2:] == (2, 2)
+    )
 
 
 def test_resnet_weights_for_another_depth_name_the_keys() -> None:

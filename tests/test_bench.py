@@ -51,9 +51,7 @@ def test_classes_and_a_given_model_are_measured_as_given(one_thread):
 
 
 def test_amp_not_in_effect_is_said(one_thread, monkeypatch):
-    from pixelwise.engine import evaluate
-
-    monkeypatch.setattr(evaluate, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setenv("PIXELWISE_CPU_BF16", "0")
     settings = BenchSettings(size=(32, 32), amp=True, model_options={"unet": SMALL_UNET}, **QUICK)
     results = bench_models(["unet"], settings)
     assert results[0].amp is False and results[0].error is None
@@ -102,7 +100,7 @@ def test_cli_unknown_network_is_one_sentence_and_exit_2(capsys):
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--models", "maskrcnn_resnet50_fpn"], ["maskrcnn_resnet50_fpn", "semantic"]),
+        (["--models", "maskrcnn_resnet50_fpn"], ["maskrcnn_resnet50_fpn", "per-pixel logits"]),
         (["--models", "enet", "unet.padding=same"], ["unet", "--models"]),
         (["--models", "enet", "padding=same"], ["network.option=value"]),
         (["--models", "enet", "--size", "0", "32"], ["--size 0 32"]),

@@ -42,7 +42,9 @@ class _EvilSystem:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    trainer = Trainer(config_from_dict(tiny_config(root, iters=1, eval_every=1)), progress=False)
+    trainer = Trainer.from_config(
+        config_from_dict(tiny_config(root, iters=1, eval_every=1)), progress=False
+    )
     trainer.fit()
     return trainer.run_dir
 

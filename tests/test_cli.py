@@ -86,7 +86,19 @@ def test_train_eval_predict(tmp_path, capsys):
     width, height = Image.open(tmp_path / "pred" / "photo_overlay.png").size
     assert width >= 26 and height > 30  # the 26x30 overlay with its legend below
     # Resume continues the same run folder to a longer schedule.
-    assert main(["train", str(config), "--resume", str(run / "last.pt"), "optim.lr=0.01", "train.iters=3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(config),
+                "--resume",
+                str(run / "last.pt"),
+                "optim.lr=0.01",
+                "train.iters=3",
+            ]
+        )
+        == 0
+    )
 
 
 def test_datasets_check_exit_codes(tmp_path, capsys):
@@ -159,7 +171,9 @@ def test_predict_gives_inputs_of_the_same_name_distinct_outputs(tmp_path, checkp
     )
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
-        f"{n}_{kind}.png" for n in ("a_x_png", "b_x_png", "a_x_jpg") for kind in ("label", "overlay")
+        f"{n}_{kind}.png"
+        for n in ("a_x_png", "b_x_png", "a_x_jpg")
+        for kind in ("label", "overlay")
     )
 
 

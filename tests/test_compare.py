@@ -1,5 +1,5 @@
-"""pixelwise compare: two tiny networks on tiny shapes, the three files, the run folders, the
-refusals and the checkpoints mode."""
+"""pixelwise compare: two tiny networks on tiny shapes, the three files, the run folders, one
+network's own overrides (--set), the refusals and the checkpoints mode."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from pixelwise.cli import main
@@ -20,6 +21,7 @@ from pixelwise.compare import (
     iterations_for_seconds,
     network_config,
     split_network_options,
+    split_network_sets,
 )
 from pixelwise.config import config_from_dict
 from pixelwise.errors import PixelwiseError
@@ -34,17 +36,21 @@ TINY = [
     "data.val_options.num_samples=3", "data.batch_size=2", "data.val_batch_size=3",
     "data.num_workers=0", "train.device=cpu", "unet.base_channels=2",
 ]  # fmt: skip
+# ENet's own learning rate and batch size, after the shared data.batch_size=2 of TINY
+SETS = ["optim.lr=5e-4", "data.batch_size=3"]
 
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory) -> Path:
-    """One comparison of a narrow U-Net and ENet, 2 iterations each, through the command line."""
+    """One comparison of a narrow U-Net and ENet, 2 iterations each, through the command line;
+    ENet with overrides of its own."""
     out = tmp_path_factory.mktemp("compare") / "out"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a shared two-core machine one thread is many times faster
     try:
         argv = ["compare", "--models", ",".join(NETWORKS), "--iters", "2", "--rows", str(ROWS)]
-        assert main([*argv, "--out", str(out), *TINY]) == 0
+        sets = [word for item in SETS for word in ("--set", f"enet:{item}")]
+        assert main([*argv, *sets, "--out", str(out), *TINY]) == 0
     finally:
         torch.set_num_threads(threads)
     return out
@@ -115,6 +121,20 @@ def test_picture_is_rows_by_image_truth_and_each_network(compared):
 
 
 @pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
+def test_set_overrides_one_network_only_and_is_recorded(compared):
+    data = json.loads((compared / "comparison.json").read_text())
+    rows = {net["name"]: net for net in data["networks"]}
+    assert rows["enet"]["overrides"] == SETS and rows["unet"]["overrides"] == []
+    enet = yaml.safe_load((compared / "enet" / "config.yaml").read_text())
+    unet = yaml.safe_load((compared / "unet" / "config.yaml").read_text())
+    assert (enet["optim"]["lr"], enet["data"]["batch_size"]) == (5e-4, 3)
+    assert (unet["optim"]["lr"], unet["data"]["batch_size"]) == (3e-3, 2)  # the demo's, TINY's
+    assert "--set enet:optim.lr=5e-4 --set enet:data.batch_size=3 --out" in data["command"]
+    markdown = (compared / "comparison.md").read_text()
+    assert "own overrides optim.lr=5e-4 data.batch_size=3;" in markdown
+
+
+@pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
 def test_run_folders_evaluate_with_pixelwise_eval(compared, tmp_path, capsys, one_thread):
     data = json.loads((compared / "comparison.json").read_text())
     for net in data["networks"]:
@@ -172,11 +192,11 @@ def test_an_earlier_comparison_is_never_overwritten(compared, capsys):
     [
         (
             ["--models", "unet,enet", "unet.padding=valid"],
-            ["unet with valid padding", "same pixels as enet"],
+            ["unet as built predicts only the centre", "same pixels as enet", "padding='valid'"],
         ),
         (
             ["--models", "enet,maskrcnn_resnet50_fpn"],
-            ["'instance' network", "COCO AP", "leave it out"],
+            ["'instance' network", "scored by mask AP rather than per pixel", "leave it out"],
         ),
         (
             ["--models", "enet,unett"],
@@ -190,6 +210,30 @@ def test_an_earlier_comparison_is_never_overwritten(compared, capsys):
             ["data.batch_size=2 would change nothing"],
         ),
         (["--models", "enet", "--iters", "2", "train.iters=5"], ["--iters N or --seconds S"]),
+        (
+            ["--models", "enet", "--set", "optim.lr=5e-4"],
+            ["--set 'optim.lr=5e-4' names no network", "NAME:key=value"],
+        ),
+        (
+            ["--models", "enet", "--set", "unet:optim.lr=5e-4"],
+            ["--set 'unet:optim.lr=5e-4' is for unet, which is not in --models (enet)"],
+        ),
+        (
+            ["--models", "enet", "--set", "enet:optim.lr"],
+            ["--set 'enet:optim.lr' has no '='", "--set enet:optim.lr=5e-4"],
+        ),
+        (
+            ["--models", "enet,unet", "--set", "unet:train.epochs=3"],
+            ["--set 'unet:train.epochs=3' would give unet a budget", "--iters N or --seconds S"],
+        ),
+        (
+            ["--models", "enet", "--set", "enet:model.name=unet"],
+            ["would train another network", "--models"],
+        ),
+        (
+            ["--checkpoints", "a.pt", "--set", "enet:optim.lr=5e-4"],
+            ["--set enet:optim.lr=5e-4 would change nothing"],
+        ),
     ],
 )
 def test_refusals_are_one_sentence_before_any_work(argv, words, tmp_path, capsys):
@@ -214,6 +258,10 @@ def test_network_options_and_overrides_are_told_apart():
     )
     assert overrides == ["optim.lr=0.1", "data.root=/a:b"]
     assert options == {"unet": {"base_channels": 8}, "enet": {"x": [1, 2]}}
+    sets = split_network_sets(["enet:optim.lr=5e-4", "unet:data.root=/a:b", "enet:loss.name=ce"])
+    assert sets == {"enet": ["optim.lr=5e-4", "loss.name=ce"], "unet": ["data.root=/a:b"]}
+    with pytest.raises(PixelwiseError, match="names no network"):
+        split_network_sets(["data.root=/a:b"])  # the colon is the value's
 
 
 def test_every_network_shares_the_base_setting_but_its_own_options():
@@ -222,40 +270,49 @@ def test_every_network_shares_the_base_setting_but_its_own_options():
     base = {"model": {"name": "unet", "options": {"base_channels": 16, "batch_norm": True}},
             "data": {"dataset": "shapes", "options": {"image_size": [40, 40]}},
             "train": {"epochs": 3}}  # fmt: skip
-    unet, source = network_config("unet", settings, base, 7)
-    enet, _ = network_config("enet", settings, base, 7)
-    assert source == "shared base config"
-    assert unet.model.options == {"base_channels": 2, "batch_norm": True, "padding": "same"}
+    settings.network_overrides = {"enet": ["optim.lr=0.25", "data.batch_size=3"]}
+    unet_plan = network_config("unet", settings, base, 7)
+    enet_plan = network_config("enet", settings, base, 7)
+    unet, enet = unet_plan.config, enet_plan.config
+    assert unet_plan.source == "shared base config"
+    assert unet_plan.overrides == [] and enet_plan.overrides == [
+        "optim.lr=0.25",
+        "data.batch_size=3",
+    ]
+    assert unet.model.options == {"base_channels": 2, "batch_norm": True}
     assert enet.model.options == {}  # the base config's options were written for its U-Net
     for cfg in (unet, enet):
         assert (cfg.train.iters, cfg.train.epochs, cfg.train.eval_every) == (7, None, 7)
-        assert cfg.optim.lr == 0.5 and cfg.data.options == {"image_size": [40, 40]}
-    camvid, _ = network_config(
+        assert cfg.data.options == {"image_size": [40, 40]}
+    assert (unet.optim.lr, enet.optim.lr) == (0.5, 0.25)  # its own after the shared override
+    assert enet.data.batch_size == 3 != unet.data.batch_size
+    camvid = network_config(
         "enet", CompareSettings(models=["enet"], dataset="camvid", root="/d"), base, 7
-    )
+    ).config
     assert (camvid.data.dataset, camvid.data.root, camvid.data.options) == ("camvid", "/d", {})
 
 
 def test_recipes_are_used_where_present():
     settings = CompareSettings(models=["enet", "unet"], dataset="camvid", iters=5, recipes=True)
-    enet, source = network_config("enet", settings, {}, 5)
-    assert source == "recipe configs/enet_camvid.yaml"
-    assert enet.optim.name == "adam" and enet.loss.class_weights == "enet"
-    assert (enet.train.iters, enet.train.epochs) == (5, None)
-    _, source = network_config("unet", settings, {}, 5)
-    assert source == "shared base config"
+    settings.network_overrides = {"enet": ["optim.lr=1e-3"]}
+    enet = network_config("enet", settings, {}, 5)
+    assert enet.source == "recipe configs/enet_camvid.yaml"
+    assert enet.config.optim.name == "adam" and enet.config.loss.class_weights == "enet"
+    assert enet.config.optim.lr == 1e-3  # over the recipe's
+    assert (enet.config.train.iters, enet.config.train.epochs) == (5, None)
+    assert network_config("unet", settings, {}, 5).source == "shared base config"
 
 
 def test_a_staged_recipe_keeps_its_share_of_classifier_iterations_under_the_budget():
     settings = CompareSettings(models=["decouplednet"], dataset="shapes", iters=100, recipes=True)
-    staged, source = network_config("decouplednet", settings, {}, 100)
-    assert staged.train.classifier_iters == 75  # the recipe's 3000 of 4000
-    assert source == (
+    staged = network_config("decouplednet", settings, {}, 100)
+    assert staged.config.train.classifier_iters == 75  # the recipe's 3000 of 4000
+    assert staged.source == (
         "recipe configs/decouplednet_shapes.yaml (classifier stage 75 of the 100 iterations, "
         "the recipe's share)"
     )
-    single, source = network_config("decouplednet", settings, {}, 1)
-    assert single.train.classifier_iters == 0 and "both stages at once" in source
+    single = network_config("decouplednet", settings, {}, 1)
+    assert single.config.train.classifier_iters == 0 and "both stages at once" in single.source
 
 
 @pytest.mark.slow  # three networks, 2 iterations each: ~25 s on a busy 2-core machine
@@ -310,10 +367,11 @@ def test_the_command_runs_the_same_comparison_again():
     settings = CompareSettings(
         models=["unet", "enet"], seconds=30.0, overrides=["data.batch_size=4"],
         model_options={"unet": {"base_channels": 8}},
+        network_overrides={"enet": ["optim.lr=5e-4", "data.root=/a b"]},
     )  # fmt: skip
     assert command_line(settings, "runs/c") == (
-        "pixelwise compare --models unet,enet --seconds 30 --out runs/c data.batch_size=4 "
-        "unet.base_channels=8"
+        "pixelwise compare --models unet,enet --seconds 30 --set enet:optim.lr=5e-4 "
+        "--set 'enet:data.root=/a b' --out runs/c data.batch_size=4 unet.base_channels=8"
     )
 
 

@@ -155,7 +155,9 @@ def test_an_unknown_option_lists_only_real_options(tmp_path):
 
 def test_dataset_options_are_typed_wherever_a_dataset_is_built(tmp_path, capsys):
     # The check lives in build_dataset, so a config's data.options are typed as the check's are.
-    with pytest.raises(PixelwiseError, match=r"num_samples='many' of dataset 'shapes' must be null or an integer"):
+    with pytest.raises(
+        PixelwiseError, match=r"num_samples='many' of dataset 'shapes' must be null or an integer"
+    ):
         build_dataset("shapes", split="train", num_samples="many")
     code = main(["train", "pixelwise/configs/demo.yaml", "data.options={num_samples: many}",
                  f"train.out_dir={tmp_path}"])  # fmt: skip

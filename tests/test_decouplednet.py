@@ -13,7 +13,7 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
 from pixelwise.models.backbones import VGG16_STAGES, load_backbone
 from pixelwise.models.complexity import count_parameters
-from pixelwise.models.decouplednet import UNDETECTED_LOGIT, ClassifierTrunk, DecoupledOutput
+from pixelwise.models.decouplednet import UNDETECTED_LOGIT, ClassifierBackbone, DecoupledOutput
 from tests.weights import random_torchvision_state
 
 SMALL = {"width_divisor": 16, "fc_kernel": 2, "input_size": 96}
@@ -28,7 +28,7 @@ def test_parts_match_the_released_model_on_voc():
     """REFERENCE.md part C: classifier 134,342,484; bridging 158,350,848; decoder 14,757,058."""
     with torch.device("meta"):
         model = build_model("decouplednet", 21)
-    classifier = count_parameters(model.trunk) + count_parameters(model.cls_score)
+    classifier = count_parameters(model.backbone) + count_parameters(model.cls_score)
     decoder = count_parameters(model.decoder) + count_parameters(model.seg_score)
     assert classifier == pytest.approx(134_342_484, rel=0.01)
     assert count_parameters(model.bridge) == pytest.approx(158_350_848, rel=0.01)
@@ -74,7 +74,7 @@ def test_class_specific_map_is_the_label_weighted_score_backpropagated_to_pool5(
     ours = model.class_specific_map(feats, torch.tensor([0, 1]), weights)
     # The same through autograd: d(sum_c w_c * max score_c)/d pool5, biases playing no part.
     pool5 = feats.pool5.detach().requires_grad_(True)
-    score = model.cls_score(F.relu(model.trunk.fc7(F.relu(model.trunk.fc6(pool5)))))
+    score = model.cls_score(F.relu(model.backbone.fc7(F.relu(model.backbone.fc6(pool5)))))
     (weights * score.amax(dim=(2, 3))).sum().backward()
     torch.testing.assert_close(ours, pool5.grad, rtol=1e-4, atol=1e-6)
     assert not torch.equal(ours[0], torch.zeros_like(ours[0]))
@@ -136,27 +136,41 @@ def test_training_forward_gives_class_logits_and_per_pair_figure_ground():
     assert out.class_logits.shape == (3, 5) and out.figure_ground.shape == (3, 2, 97, 131)
     # The figure-ground loss trains the bridge and decoder only (the classifier is frozen for it).
     F.cross_entropy(out.figure_ground, torch.zeros(3, 97, 131, dtype=torch.long)).backward()
-    assert all(p.grad is None for p in model.trunk.parameters())
+    assert all(p.grad is None for p in model.backbone.parameters())
     assert model.cls_score.weight.grad is None
     assert (
         model.bridge.fc6_seg[0].weight.grad is not None and model.seg_score.weight.grad is not None
     )
     F.binary_cross_entropy_with_logits(out.class_logits, torch.ones(3, 5)).backward()
-    assert model.trunk.vgg.features[0].weight.grad is not None
+    assert model.backbone.vgg.features[0].weight.grad is not None
 
 
 @pytest.mark.slow  # 138M random values for the state dict: ~15 s on a shared CPU
 def test_imagenet_vgg16_loads_into_the_classifier():
-    # The trunk alone, allocated without its random init (134M parameters): what the builder
+    # The backbone alone, allocated without its random init (134M parameters): what the builder
     # hands to load_backbone.
     state = random_torchvision_state(vgg16)
     with torch.device("meta"):
-        trunk = ClassifierTrunk(VGG16_STAGES, 4096, 7)
-    trunk = trunk.to_empty(device="cpu")
-    load_backbone(trunk, state)
-    torch.testing.assert_close(trunk.fc6.weight, state["classifier.0.weight"].view(4096, 512, 7, 7))
-    torch.testing.assert_close(trunk.fc7.weight[:, :, 0, 0], state["classifier.3.weight"])
-    torch.testing.assert_close(trunk.vgg.features[28].bias, state["features.28.bias"])
+        backbone = ClassifierBackbone(VGG16_STAGES, 4096, 7)
+    backbone = backbone.to_empty(device="cpu")
+    load_backbone(backbone, state)
+    torch.testing.assert_close(
+        backbone.fc6.weight, state["classifier.0.weight"].view(4096, 512, 7, 7)
+    )
+    torch.testing.assert_close(backbone.fc7.weight[:, :, 0, 0], state["classifier.3.weight"])
+    torch.testing.assert_close(backbone.vgg.features[28].bias, state["features.28.bias"])
+
+
+def test_checkpoints_that_name_the_backbone_trunk_still_load():
+    # Written before the rename: the classifier's backbone under ``trunk.``.
+    state = small().state_dict()
+    old = {("trunk." + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v
+           for k, v in state.items()}  # fmt: skip
+    assert "trunk.fc6.weight" in old and "backbone.fc6.weight" not in old
+    model = build_model("decouplednet", 6, **SMALL)
+    model.load_state_dict(old)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[key]), key
 
 
 @pytest.mark.parametrize(
@@ -174,7 +188,7 @@ def test_bad_options_are_one_sentence(options, words):
 
 # -- the task ------------------------------------------------------------------------------------
 def test_pairs_come_from_labelled_images_and_their_foreground_classes():
-    from pixelwise.engine.decoupled import figure_ground_pairs, figure_ground_targets
+    from pixelwise.tasks.decoupled import figure_ground_pairs, figure_ground_targets
 
     labels = torch.tensor([[1, 1, 0, 1], [1, 0, 1, 0], [1, 1, 1, 1.0]])
     pairs = figure_ground_pairs(labels, torch.tensor([True, False, True]))
@@ -186,7 +200,7 @@ def test_pairs_come_from_labelled_images_and_their_foreground_classes():
 
 
 def test_a_batch_without_pairs_gives_a_zero_figure_ground_term_not_nan():
-    from pixelwise.engine.decoupled import decoupled_loss
+    from pixelwise.tasks.decoupled import decoupled_loss
 
     out = DecoupledOutput(
         torch.zeros(2, 3, requires_grad=True), torch.zeros(1, 2, 4, 4, requires_grad=True)
@@ -221,13 +235,13 @@ def test_trains_through_the_engine_with_both_terms_logged_and_resumes(tmp_path, 
     from pixelwise.engine.train import Trainer
 
     cfg = _tiny_run(tmp_path, iters=2, eval_every=2)
-    trainer = Trainer(cfg, progress=False)
+    trainer = Trainer.from_config(cfg, progress=False)
     source = trainer.train_set.source
     assert isinstance(source, SemiSupervised) and len(source) == 12
     assert len(source.labeled_indices) == 3  # 1/4 of 12 labelled, every image in the stream
     trainer.fit(max_steps=1)
     last = trainer.save("last.pt")
-    resumed = Trainer(cfg, resume=last, progress=False)
+    resumed = Trainer.from_config(cfg, resume=last, progress=False)
     report = resumed.fit()
     assert resumed.step == 2 and report is not None and 0.0 <= report.score <= 1.0
     record = json.loads((last.parent / "metrics.jsonl").read_text().splitlines()[-1])
@@ -249,8 +263,8 @@ def _staged_run(tmp_path, iters: int = 4, classifier_iters: int = 2):
 def test_two_stages_train_the_classifier_then_the_segmentation_with_it_frozen(tmp_path, one_thread):
     from pixelwise.engine.train import Trainer
 
-    trainer = Trainer(_staged_run(tmp_path), progress=False)
-    classifier, segmentation = ("trunk.", "cls_score."), ("bridge.", "decoder.", "seg_score.")
+    trainer = Trainer.from_config(_staged_run(tmp_path), progress=False)
+    classifier, segmentation = ("backbone.", "cls_score."), ("bridge.", "decoder.", "seg_score.")
     start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit(max_steps=2)
     stage1 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -275,7 +289,9 @@ def test_the_classifier_stage_draws_every_image_and_the_segmentation_stage_the_l
 
     from pixelwise.engine.train import Trainer
 
-    trainer = Trainer(_staged_run(tmp_path, iters=6, classifier_iters=3), progress=False)
+    trainer = Trainer.from_config(
+        _staged_run(tmp_path, iters=6, classifier_iters=3), progress=False
+    )
     assert trainer.train_set.labeled_indices == sorted(trainer.train_set.labeled_indices)
     assert len(trainer.train_set) == 12  # no labelled repeats: each stage has its own stream
     # stage 1: 3 batches of 4 = one pass over all 12 images, the 6 unlabelled ones included
@@ -295,15 +311,15 @@ def test_a_staged_run_resumed_at_or_after_the_stage_change_ends_where_the_straig
     from pixelwise.engine.train import Trainer
 
     raw = _staged_run(tmp_path / "straight").to_dict()
-    straight = Trainer(config_from_dict(raw), progress=False)
+    straight = Trainer.from_config(config_from_dict(raw), progress=False)
     straight.fit()  # must leave stage 1's loader at step 2, in the middle of its epoch
     for stop in (2, 3):  # resumed at the first step of stage 2, and inside it
         cfg = config_from_dict(
             {**raw, "train": {**raw["train"], "out_dir": str(tmp_path / f"r{stop}")}}
         )
-        half = Trainer(cfg, progress=False)
+        half = Trainer.from_config(cfg, progress=False)
         half.fit(max_steps=stop)
-        resumed = Trainer(cfg, resume=half.save("last.pt"), progress=False)
+        resumed = Trainer.from_config(cfg, resume=half.save("last.pt"), progress=False)
         resumed.fit()
         for name, p in straight.model.state_dict().items():
             assert torch.equal(p, resumed.model.state_dict()[name]), (stop, name)
@@ -318,7 +334,7 @@ def test_a_batch_larger_than_the_labelled_stream_is_refused(tmp_path):
         PixelwiseError,
         match="stage that starts at iteration 2 draws from 3 training samples.*batch_size 4",
     ):
-        Trainer(cfg, progress=False)
+        Trainer.from_config(cfg, progress=False)
 
 
 def test_the_stages_are_refused_where_they_do_not_apply(tmp_path):
@@ -329,11 +345,14 @@ def test_the_stages_are_refused_where_they_do_not_apply(tmp_path):
     cfg = _tiny_run(tmp_path, iters=4)
     cfg.train.classifier_iters = 4
     with pytest.raises(PixelwiseError, match="classifier_iters is 4.*none for the segmentation"):
-        Trainer(cfg, progress=False)
+        Trainer.from_config(cfg, progress=False)
     unet = config_from_dict(tiny_config(tmp_path / "runs", iters=4))
     unet.train.classifier_iters = 2
-    with pytest.raises(PixelwiseError, match="classifier_iters is 2.*decouplednet only"):
-        Trainer(unet, progress=False)
+    with pytest.raises(
+        PixelwiseError,
+        match="classifier_iters is 2.*trains in one stage.*networks trained in stages: decouplednet",
+    ):
+        Trainer.from_config(unet, progress=False)
 
 
 # -- pinned function -----------------------------------------------------------------------------

@@ -73,7 +73,9 @@ def test_sync_bn_under_gloo_matches_one_process_at_the_whole_batch(tmp_path):
     a = load_checkpoint(tmp_path / "runs" / "one" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "runs" / "two" / "last.pt")["model"]
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-    assert worst < 1e-5, worst  # 4e-7 measured; without sync the batch statistics differ by far more
+    assert worst < 1e-5, (
+        worst
+    )  # 4e-7 measured; without sync the batch statistics differ by far more
     meta = load_checkpoint(tmp_path / "runs" / "two" / "last.pt")["meta"]["run"]
     assert (meta["world_size"], meta["batch_per_process"], meta["batch_total"]) == (2, 2, 4)
 
@@ -100,7 +102,7 @@ import json, sys
 import torch.distributed as dist
 from pixelwise.config import config_from_dict
 from pixelwise.engine.train import Trainer
-trainer = Trainer(config_from_dict(json.load(open(sys.argv[1]))), progress=False)
+trainer = Trainer.from_config(config_from_dict(json.load(open(sys.argv[1]))), progress=False)
 labelled = trainer.train_set.labeled_indices
 stream = trainer.stage_streams[1]
 second = [stream[i] for batch in trainer._train_loader(2).batch_sampler for i, _ in batch]
@@ -136,7 +138,7 @@ import json, sys
 import torch.distributed as dist
 from pixelwise.config import config_from_dict
 from pixelwise.engine.train import Trainer
-trainer = Trainer(config_from_dict(json.load(open(sys.argv[1]))), progress=False)
+trainer = Trainer.from_config(config_from_dict(json.load(open(sys.argv[1]))), progress=False)
 noise = trainer.task._noise(trainer.model, 2, (32, 32), trainer.device, distributed=True)
 trainer.fit()
 weights = {k: float(v.double().sum()) for k, v in trainer.model.named_parameters()}

@@ -40,7 +40,9 @@ def tiny_config(tmp_path, **train) -> dict:
 def test_poly_lr_after_k_steps(k):
     model = torch.nn.Linear(2, 2)
     opt = build_optimizer(model.parameters(), config_from_dict({"train": {"iters": 1}}).optim)
-    sched = build_scheduler(opt, ScheduleConfig(name="poly", power=0.9), total_iters=100, iters_per_epoch=10)
+    sched = build_scheduler(
+        opt, ScheduleConfig(name="poly", power=0.9), total_iters=100, iters_per_epoch=10
+    )
     for _ in range(k):
         opt.step()
         sched.step()
@@ -50,7 +52,9 @@ def test_poly_lr_after_k_steps(k):
 def test_step_schedule_in_epochs_and_warmup():
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    cfg = ScheduleConfig(name="step", step_size=2, gamma=0.1, unit="epoch", warmup_iters=4, warmup_factor=0.0)
+    cfg = ScheduleConfig(
+        name="step", step_size=2, gamma=0.1, unit="epoch", warmup_iters=4, warmup_factor=0.0
+    )
     sched = build_scheduler(opt, cfg, total_iters=100, iters_per_epoch=5)
     lrs = []
     for _ in range(12):
@@ -71,7 +75,9 @@ def test_a_staged_schedule_starts_again_with_its_warmup_at_each_stage():
         opt.step()
         sched.step()
     # stage 1: 6 iterations (warm-up 0, 1/2, then poly 1 - k/6); stage 2: 4 iterations, the same
-    assert lrs == pytest.approx([0.0, 0.5 * 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0, 0.5 * 3 / 4, 2 / 4, 1 / 4])
+    assert lrs == pytest.approx(
+        [0.0, 0.5 * 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0, 0.5 * 3 / 4, 2 / 4, 1 / 4]
+    )
 
 
 def test_sampler_is_reproducible_and_shards_disjointly():
@@ -85,7 +91,7 @@ def test_sampler_is_reproducible_and_shards_disjointly():
 
 
 def test_training_writes_the_run_folder(tmp_path):
-    trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
+    trainer = Trainer.from_config(config_from_dict(tiny_config(tmp_path)), progress=False)
     scores = trainer.fit()
     run = trainer.run_dir
     for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "predictions.png"):
@@ -97,25 +103,33 @@ def test_training_writes_the_run_folder(tmp_path):
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["step"] == 6 and ckpt["meta"]["num_classes"] == 6
     # A second run of the same name never overwrites the first.
-    assert Trainer(config_from_dict(tiny_config(tmp_path)), progress=False).run_dir != run
+    assert (
+        Trainer.from_config(config_from_dict(tiny_config(tmp_path)), progress=False).run_dir != run
+    )
 
 
 def test_resume_gives_identical_parameters(tmp_path):
-    straight = Trainer(config_from_dict(tiny_config(tmp_path / "a")), progress=False)
+    straight = Trainer.from_config(config_from_dict(tiny_config(tmp_path / "a")), progress=False)
     straight.fit()
-    half = Trainer(config_from_dict(tiny_config(tmp_path / "b")), progress=False)
+    half = Trainer.from_config(config_from_dict(tiny_config(tmp_path / "b")), progress=False)
     half.fit(max_steps=3)  # as if interrupted after step 3
-    resumed = Trainer(config_from_dict(tiny_config(tmp_path / "b")), resume=half.run_dir / "last.pt", progress=False)
+    resumed = Trainer.from_config(
+        config_from_dict(tiny_config(tmp_path / "b")),
+        resume=half.run_dir / "last.pt",
+        progress=False,
+    )
     assert resumed.step == 3
     resumed.fit()
-    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+    for (name, p), q in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(p, q), name
 
 
 def test_loss_falls_on_shapes(tmp_path):
     cfg = tiny_config(tmp_path, iters=30, eval_every=30)
     cfg["optim"] = {"name": "adam", "lr": 0.01}
-    trainer = Trainer(config_from_dict(cfg), progress=False)
+    trainer = Trainer.from_config(config_from_dict(cfg), progress=False)
     images, targets = next(iter(trainer._train_loader(0)))
     before = trainer.criterion(trainer.model(images), targets).item()
     trainer.fit()
@@ -125,12 +139,14 @@ def test_loss_falls_on_shapes(tmp_path):
 
 
 def test_checkpoint_for_another_model_is_refused(tmp_path):
-    trainer = Trainer(config_from_dict(tiny_config(tmp_path, iters=1)), progress=False)
+    trainer = Trainer.from_config(config_from_dict(tiny_config(tmp_path, iters=1)), progress=False)
     trainer.fit()
     cfg = tiny_config(tmp_path, iters=1)
     cfg["model"] = {"name": "enet"}
     with pytest.raises(PixelwiseError, match="model.name 'unet' -> 'enet'"):
-        Trainer(config_from_dict(cfg), resume=trainer.run_dir / "last.pt", progress=False)
+        Trainer.from_config(
+            config_from_dict(cfg), resume=trainer.run_dir / "last.pt", progress=False
+        )
 
 
 def test_valid_unet_trains_with_cropped_targets(tmp_path):
@@ -140,7 +156,7 @@ def test_valid_unet_trains_with_cropped_targets(tmp_path):
     cfg["data"]["val_options"] = {"num_samples": 1}
     cfg["data"]["crop_size"] = None
     cfg["data"]["scale_range"] = [1.0, 1.0]
-    scores = Trainer(config_from_dict(cfg), progress=False).fit()
+    scores = Trainer.from_config(config_from_dict(cfg), progress=False).fit()
     assert scores is not None
 
 
@@ -166,7 +182,9 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
     import signal
 
     before = signal.getsignal(signal.SIGTERM)
-    trainer = Trainer(config_from_dict(tiny_config(tmp_path, iters=50, eval_every=50)), progress=False)
+    trainer = Trainer.from_config(
+        config_from_dict(tiny_config(tmp_path, iters=50, eval_every=50)), progress=False
+    )
     trainer.criterion = _SignalOnFirstCall(trainer.criterion)
     trainer.fit()
     assert trainer.interrupted
@@ -192,12 +210,13 @@ def test_amp_on_a_cpu_runs_only_where_bf16_is_fast_and_run_json_says_which(
     # once, and recorded; where bf16 is native it runs as asked.
     import json
 
-    from pixelwise.engine import evaluate as evaluate_module
     from pixelwise.engine.train import Trainer
 
-    monkeypatch.setattr(evaluate_module, "cpu_has_fast_bf16", lambda: fast_bf16)
-    trainer = Trainer(config_from_dict(tiny_config(tmp_path, amp=True, iters=1)), progress=False)
-    assert trainer.amp is fast_bf16
+    monkeypatch.setenv("PIXELWISE_CPU_BF16", "1" if fast_bf16 else "0")
+    trainer = Trainer.from_config(
+        config_from_dict(tiny_config(tmp_path, amp=True, iters=1)), progress=False
+    )
+    assert trainer.precision.enabled is fast_bf16
     assert ("no fast bfloat16" in capsys.readouterr().out) is not fast_bf16
     trainer.fit()
     assert json.loads((trainer.run_dir / "run.json").read_text())["run"]["amp"] is fast_bf16

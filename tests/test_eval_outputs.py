@@ -18,10 +18,10 @@ from pixelwise.cli import main
 from pixelwise.config import config_from_dict
 from pixelwise.data import build_dataset
 from pixelwise.data.base import read_image
-from pixelwise.engine.eval_outputs import LabelIdsWriter, label_ids_name, spread
-from pixelwise.engine.evaluate import predict_image, task_of
+from pixelwise.engine.eval_outputs import LabelIdsWriter, label_ids_name
 from pixelwise.engine.model_io import load_model
 from pixelwise.engine.train import Trainer
+from pixelwise.viz import spread_indices
 from tests.test_data_cityscapes import TRAIN_ID_OF
 from tests.test_engine import tiny_config
 
@@ -33,7 +33,7 @@ def _saved_run(tmp_path: Path, **data) -> Path:
     """best.pt of an untrained tiny U-Net run (random weights: eval outputs need no training)."""
     cfg = tiny_config(tmp_path / "runs")
     cfg["data"].update(data)
-    trainer = Trainer(config_from_dict(cfg), progress=False)
+    trainer = Trainer.from_config(config_from_dict(cfg), progress=False)
     return trainer.save("best.pt")
 
 
@@ -109,8 +109,9 @@ def test_save_label_ids_is_refused_for_other_datasets(checkpoint, tmp_path, caps
 
 
 def test_spread_covers_the_split():
-    assert spread(10, 4) == [0, 3, 6, 9]
-    assert spread(2, 4) == [0, 1] and spread(0, 4) == [] and spread(5, 1) == [0]
+    assert spread_indices(10, 4) == [0, 3, 6, 9]
+    assert spread_indices(2, 4) == [0, 1] and spread_indices(0, 4) == []
+    assert spread_indices(5, 1) == [0]
 
 
 # -- Cityscapes --------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_eval_saves_full_size_label_ids_that_the_official_script_finds(tmp_path,
     assert _eval(checkpoint, "--save-label-ids", str(ids)) == 0
     assert "wrote 2 labelIds files" in capsys.readouterr().out
     loaded = load_model(checkpoint, "cpu")
-    task = task_of(loaded)
+    task = loaded.task
     for city, base in FRAMES["val"]:
         # cityscapesscripts looks for exactly one <city>_<seq>_<frame>*.png per ground truth.
         matches = fnmatch.filter((p.name for p in ids.iterdir()), f"{base}*.png")
@@ -170,7 +171,7 @@ def test_eval_saves_full_size_label_ids_that_the_official_script_finds(tmp_path,
         written = np.asarray(Image.open(ids / matches[0]))
         assert written.shape == (H, W)
         image = read_image(root / "leftImg8bit" / "val" / city / f"{base}_leftImg8bit.png")
-        labels, _ = predict_image(loaded.model, task, image, loaded.device)
+        labels, _ = task.predict_image(loaded.model, image, loaded.device, loaded.precision)
         expected = np.vectorize(lambda t: LABEL_ID_OF[int(t)])(labels.numpy())
         assert np.array_equal(written, expected)
     assert label_ids_name(Path("a/frankfurt_000000_000294_leftImg8bit.png")) == (

@@ -7,7 +7,6 @@ a random batch of another size than the one traced (``export_model`` refuses a d
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -324,22 +323,6 @@ def test_unwritable_out_is_one_sentence_before_any_work(tmp_path, demo_checkpoin
         assert main(["export", "--checkpoint", str(demo_checkpoint), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: --out {out}") and len(err.splitlines()) == 1
-
-
-def test_instance_networks_are_refused(tmp_path, demo_checkpoint, monkeypatch, capsys):
-    import pixelwise.models as models
-
-    real = models.model_info
-
-    def as_instance(name):
-        return dataclasses.replace(real(name), task="instance")
-
-    monkeypatch.setattr(models, "model_info", as_instance)
-    argv = ["export", "--checkpoint", str(demo_checkpoint), "--out", str(tmp_path / "m.onnx")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unet in ") and "for the 'instance' task" in err
-    assert len(err.splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
 
 
 @needs_onnxruntime

@@ -11,11 +11,12 @@ import torch
 
 from pixelwise.config import config_from_dict
 from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.gan_task import fake_loss, generator_loss, real_loss, supervised_loss
+from pixelwise.engine.precision import float32
 from pixelwise.engine.train import Trainer
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
 from pixelwise.models.complexity import count_parameters
+from pixelwise.tasks.gan_ss import fake_loss, generator_loss, real_loss, supervised_loss
 from tests.test_engine import tiny_config
 from tests.test_resume import assert_same_tensors
 
@@ -158,7 +159,7 @@ def gan_config(tmp_path, **train) -> dict:
 @pytest.mark.slow  # 16 two-player steps and 4 evaluations: ~8 s on a busy 2-core machine
 def test_training_logs_both_players_and_lowers_ds_supervised_loss(tmp_path):
     cfg = gan_config(tmp_path, iters=16, eval_every=4, log_every=4)
-    trainer = Trainer(config_from_dict(cfg), run_dir=tmp_path / "run", progress=False)
+    trainer = Trainer.from_config(config_from_dict(cfg), run_dir=tmp_path / "run", progress=False)
     assert trainer.task.name == "gan_ss"
     trainer.fit()
     records = [
@@ -178,7 +179,7 @@ def test_weak_variant_trains_on_image_level_labels_of_a_labelled_subset(tmp_path
     cfg = gan_config(tmp_path, iters=2, eval_every=2)
     cfg["model"]["options"]["conditional"] = True
     cfg["data"]["labeled_fraction"] = 0.5
-    trainer = Trainer(config_from_dict(cfg), run_dir=tmp_path / "run", progress=False)
+    trainer = Trainer.from_config(config_from_dict(cfg), run_dir=tmp_path / "run", progress=False)
     image, target = trainer.train_set[0]
     assert set(target) == {"mask", "image_labels", "labeled"}
     assert len(trainer.train_set) == 12  # 6 labelled, 6 unlabelled: no repetition needed
@@ -190,11 +191,13 @@ def test_weak_variant_trains_on_image_level_labels_of_a_labelled_subset(tmp_path
 @pytest.mark.slow  # three short runs: ~6 s on a busy 2-core machine
 def test_resume_continues_both_players_bit_identically(tmp_path):
     cfg = gan_config(tmp_path, iters=4, eval_every=4)
-    straight = Trainer(config_from_dict(cfg), run_dir=tmp_path / "a", progress=False)
+    straight = Trainer.from_config(config_from_dict(cfg), run_dir=tmp_path / "a", progress=False)
     straight.fit()
-    half = Trainer(config_from_dict(cfg), run_dir=tmp_path / "b", progress=False)
+    half = Trainer.from_config(config_from_dict(cfg), run_dir=tmp_path / "b", progress=False)
     half.fit(max_steps=2)
-    resumed = Trainer(config_from_dict(cfg), resume=tmp_path / "b" / "last.pt", progress=False)
+    resumed = Trainer.from_config(
+        config_from_dict(cfg), resume=tmp_path / "b" / "last.pt", progress=False
+    )
     assert resumed.step == 2
     resumed.fit()
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
@@ -230,7 +233,7 @@ class _Relabelled(torch.utils.data.Dataset):
 @pytest.mark.parametrize("conditional", [False, True])
 def test_no_pixel_label_of_an_unlabelled_image_reaches_any_loss(tmp_path, conditional):
     from pixelwise.data import build_dataset
-    from pixelwise.engine.task import task_for
+    from pixelwise.tasks import build_task as task_for
 
     cfg = gan_config(tmp_path)
     cfg["data"]["labeled_fraction"] = 0.25
@@ -250,11 +253,11 @@ def test_no_pixel_label_of_an_unlabelled_image_reaches_any_loss(tmp_path, condit
         transform = task.train_transforms()
         batch = task.collate([transform(*data[i]) for i in range(8)])
         model = build_model("gan_ss", base.num_classes, **cfg["model"]["options"])
-        task.setup(model, torch.device("cpu"), data)
+        task.setup(model, torch.device("cpu"), data, float32())
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         inputs, targets = task.to_device(batch, torch.device("cpu"))
-        result = task.train_step(model, optimizer, scaler, inputs, targets, amp=False)
+        result = task.train_step(model, optimizer, scaler, inputs, targets, precision=float32())
         return result.terms, model.state_dict()
 
     terms_a, state_a = one_step(1)
@@ -265,7 +268,7 @@ def test_no_pixel_label_of_an_unlabelled_image_reaches_any_loss(tmp_path, condit
 
 def test_evaluation_picture_has_a_row_of_generated_images(tmp_path):
     cfg = gan_config(tmp_path, iters=1, eval_every=1)
-    trainer = Trainer(config_from_dict(cfg), run_dir=tmp_path / "run", progress=False)
+    trainer = Trainer.from_config(config_from_dict(cfg), run_dir=tmp_path / "run", progress=False)
     semantic = super(type(trainer.task), trainer.task).picture(
         trainer.model.eval(), trainer.val_set, [0, 3], trainer.device
     )
@@ -281,7 +284,7 @@ def test_evaluation_picture_has_a_row_of_generated_images(tmp_path):
 def test_averaged_gradients_leave_unused_and_frozen_parameters_without_one(tmp_path):
     import torch.distributed as dist
 
-    from pixelwise.engine.gan_task import average_gradients
+    from pixelwise.tasks.gan_ss import average_gradients
 
     dist.init_process_group(
         "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
@@ -307,11 +310,11 @@ def test_a_wrapped_step_updates_both_players_and_draws_noise_from_seed_step_and_
     )
     try:
         config = config_from_dict(gan_config(tmp_path))
-        from pixelwise.engine.task import task_for
+        from pixelwise.tasks import build_task as task_for
 
         task = task_for(config, 3, ["a", "b", "c"], [(0, 0, 0)] * 3)
         model = build_model("gan_ss", 3, **config.model.options)
-        task.setup(model, torch.device("cpu"), None)
+        task.setup(model, torch.device("cpu"), None, float32())
         net = torch.nn.parallel.DistributedDataParallel(model)
         optimizer = torch.optim.Adam(model.parameters())
         scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -322,7 +325,7 @@ def test_a_wrapped_step_updates_both_players_and_draws_noise_from_seed_step_and_
         before = {k: v.clone() for k, v in model.named_parameters()}
         result = task.train_step(
             net, optimizer, scaler, torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32).long(),
-            amp=False,
+            precision=float32(),
         )  # fmt: skip
         assert result.stepped and all(math.isfinite(v) for v in result.terms.values())
         for player in ("discriminator.", "generator."):
@@ -338,7 +341,7 @@ def test_a_wrapped_step_updates_both_players_and_draws_noise_from_seed_step_and_
 def test_generated_batches_leave_the_discriminators_running_statistics_alone(tmp_path):
     import copy
 
-    from pixelwise.engine.task import task_for
+    from pixelwise.tasks import build_task as task_for
 
     cfg = gan_config(tmp_path)
     cfg["model"]["options"]["discriminator_options"]["dropout"] = 0.0  # a deterministic forward
@@ -346,13 +349,13 @@ def test_generated_batches_leave_the_discriminators_running_statistics_alone(tmp
     task = task_for(config, 3, ["a", "b", "c"], [(0, 0, 0)] * 3)
     torch.manual_seed(0)
     model = build_model("gan_ss", 3, **config.model.options)
-    task.setup(model, torch.device("cpu"), None)
+    task.setup(model, torch.device("cpu"), None, float32())
     images, masks = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32))
     real_only = copy.deepcopy(model)
     real_only(images)  # what the real batch alone does to the statistics
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    task.train_step(model, optimizer, scaler, images, masks, amp=False)
+    task.train_step(model, optimizer, scaler, images, masks, precision=float32())
     stats = [
         k for k in model.discriminator.state_dict() if k.endswith(("running_mean", "running_var"))
     ]

@@ -22,17 +22,18 @@ from pycocotools import mask as mask_utils
 from pixelwise.cli import main
 from pixelwise.config import ScheduleConfig, config_from_dict, load_config
 from pixelwise.engine.checkpoint import load_checkpoint
-from pixelwise.engine.instance import (
-    InstanceReport,
-    InstanceTask,
-    draw_instances,
-    predict_instances,
-)
+from pixelwise.engine.precision import float32
 from pixelwise.engine.schedule import lr_factor
-from pixelwise.engine.task import SemanticReport, task_for
 from pixelwise.engine.train import Trainer
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model
+from pixelwise.tasks import build_task as task_for
+from pixelwise.tasks.instance import (
+    InstanceReport,
+    InstanceTask,
+    draw_instances,
+)
+from pixelwise.tasks.semantic import SemanticReport
 from tests.test_maskrcnn import LOSSES, TINY
 from tests.test_resume import assert_same_tensors
 
@@ -183,7 +184,7 @@ def test_the_cityscapes_recipe_trains_on_the_official_layout(tmp_path):
     raw["data"].update(root=str(root), num_workers=0)
     raw["optim"]["lr"] = 1e-4
     raw["train"].update(iters=2, eval_every=2, device="cpu", out_dir=str(tmp_path / "runs"))
-    trainer = Trainer(config_from_dict(raw), progress=False)
+    trainer = Trainer.from_config(config_from_dict(raw), progress=False)
     assert trainer.classes[1:3] == ["person", "rider"] and trainer.num_classes == 9
     report = trainer.fit()
     assert report is not None and set(report.as_dict()) == {"segm", "bbox", "semantic"}
@@ -206,7 +207,7 @@ def test_training_frozen_bn_from_scratch_is_refused(tmp_path, coco_root):
     cfg = instance_config(tmp_path, coco_root)
     del cfg["model"]["options"]["frozen_bn"]
     with pytest.raises(PixelwiseError, match="frozen BatchNorm but no pretrained weights"):
-        Trainer(config_from_dict(cfg), progress=False)
+        Trainer.from_config(config_from_dict(cfg), progress=False)
     assert not (tmp_path / "runs").exists()  # refused before the run folder was made
 
 
@@ -228,7 +229,7 @@ def test_predict_maps_detections_of_a_resized_run_back_to_the_image(tmp_path, co
     cfg["data"]["resize"] = [H // 2, W // 2]
     task = task_for(config_from_dict(cfg), 3, ["background", "square", "bar"], [(0, 0, 0)] * 3)
     image = torch.zeros(3, H, W, dtype=torch.uint8)
-    found = predict_instances(FixedDetector(), task, image, torch.device("cpu"))
+    found = task.predict_instances(FixedDetector(), image, torch.device("cpu"), float32())
     assert found["boxes"].tolist() == [[8.0, 8.0, 24.0, 24.0]]
     assert found["masks"].shape == (1, 1, H, W)
     assert found["masks"][0, 0, 10, 10] > 0.5 and found["masks"][0, 0, 30, 30] == 0
@@ -279,7 +280,7 @@ def test_detector_weights_in_the_options_are_not_fetched_again_by_the_checkpoint
     torch.save(source.state_dict(), tmp_path / "detector.pth")
     cfg = instance_config(tmp_path, coco_root)
     cfg["model"]["options"]["weights"] = str(tmp_path / "detector.pth")
-    trainer = Trainer(config_from_dict(cfg), progress=False)
+    trainer = Trainer.from_config(config_from_dict(cfg), progress=False)
     head = trainer.model.roi_heads.box_predictor.cls_score.weight
     assert torch.equal(head, source.roi_heads.box_predictor.cls_score.weight)
     assert "weights" not in trainer.meta()["model_options"]
@@ -298,7 +299,9 @@ def test_semantic_only_settings_are_refused_naming_them(tmp_path, coco_root):
 # 180 MB, so the runs below are marked slow (they still run in CI).
 @pytest.mark.slow
 def test_train_eval_predict_end_to_end_with_cocoeval(tmp_path, coco_root, capsys):
-    trainer = Trainer(config_from_dict(instance_config(tmp_path, coco_root)), progress=False)
+    trainer = Trainer.from_config(
+        config_from_dict(instance_config(tmp_path, coco_root)), progress=False
+    )
     assert trainer.task.name == "instance" and trainer.num_classes == 3
     started = time.perf_counter()
     report = trainer.fit()
@@ -352,11 +355,13 @@ def test_train_eval_predict_end_to_end_with_cocoeval(tmp_path, coco_root, capsys
 @pytest.mark.slow
 def test_resume_mid_epoch_is_bit_identical(tmp_path, coco_root):
     cfg = instance_config(tmp_path, coco_root, iters=3, eval_every=10)  # 2 steps per epoch
-    straight = Trainer(config_from_dict(cfg), run_dir=tmp_path / "a", progress=False)
+    straight = Trainer.from_config(config_from_dict(cfg), run_dir=tmp_path / "a", progress=False)
     straight.fit()
-    half = Trainer(config_from_dict(cfg), run_dir=tmp_path / "b", progress=False)
+    half = Trainer.from_config(config_from_dict(cfg), run_dir=tmp_path / "b", progress=False)
     half.fit(max_steps=1)  # mid-epoch
-    resumed = Trainer(config_from_dict(cfg), resume=tmp_path / "b" / "last.pt", progress=False)
+    resumed = Trainer.from_config(
+        config_from_dict(cfg), resume=tmp_path / "b" / "last.pt", progress=False
+    )
     assert resumed.step == 1
     resumed.fit()
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")

@@ -36,7 +36,9 @@ def test_agrees_with_sklearn_on_random_inputs_with_ignore():
     for i in range(4):  # accumulate batch by batch
         cm.update(prediction[i : i + 1], target[i : i + 1])
     keep = target != 255
-    expected = confusion_matrix(target[keep].numpy(), prediction[keep].numpy(), labels=list(range(c)))
+    expected = confusion_matrix(
+        target[keep].numpy(), prediction[keep].numpy(), labels=list(range(c))
+    )
     assert np.array_equal(cm.matrix.numpy(), expected)
     s = cm.compute()
     inter = np.diag(expected)

@@ -32,7 +32,7 @@ REFERENCE = {
     # classes the classifier adds 0.008 G (90 x 90 x 512 x 2), far inside the tolerance.
     "pspnet101": (65.71e6, 517.2),
     # RefineNet: DrSleep/refinenet-pytorch rf101 (118.05M). ResNet-50/152 variants: the same
-    # head on the other trunk, 118.05M - 44.55M + 25.56M / 60.19M (torchvision resnet101 vs
+    # head on the other backbone, 118.05M - 44.55M + 25.56M / 60.19M (torchvision resnet101 vs
     # resnet50 / resnet152 parameter counts); no published MACs for them.
     "refinenet50": (99.06e6, None),
     "refinenet101": (118.05e6, 262.9),

@@ -30,7 +30,7 @@ class _NanLoss(torch.nn.Module):
 
 def _trainer(tmp_path, what: str, at: int, **train) -> Trainer:
     cfg = tiny_config(tmp_path, iters=6, eval_every=3, log_every=100, **train)
-    trainer = Trainer(config_from_dict(cfg), progress=False)
+    trainer = Trainer.from_config(config_from_dict(cfg), progress=False)
     if what == "loss":
         trainer.criterion = _NanLoss(trainer.criterion, at)
     else:  # BatchNorm statistics gone to inf: the training loss (batch statistics) stays finite

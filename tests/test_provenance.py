@@ -22,7 +22,7 @@ from tests.test_engine import tiny_config
 def run(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    trainer = Trainer(
+    trainer = Trainer.from_config(
         config_from_dict(tiny_config(tmp_path_factory.mktemp("runs"), iters=1, eval_every=1)),
         progress=False,
     )
@@ -45,7 +45,7 @@ def test_run_json_and_checkpoint_say_what_a_reproduction_needs(run):
 
 
 def test_a_resume_keeps_the_first_start_in_run_json(run):
-    resumed = Trainer(run.cfg, resume=run.run_dir / "last.pt", progress=False)
+    resumed = Trainer.from_config(run.cfg, resume=run.run_dir / "last.pt", progress=False)
     resumed.fit()
     record = json.loads((run.run_dir / "run.json").read_text())
     assert record["run"]["started_at_step"] == 1

@@ -1,5 +1,5 @@
 """PSPNet: counts, shapes at odd sizes, the auxiliary head and its loss weight, batch 1, dilation,
-the pyramid's bins and concatenation order, and the two weight layouts its encoder takes.
+the pyramid's bins and concatenation order, and the two weight layouts its backbone takes.
 
 Shapes run on the meta device and the real computations on small inputs: a dilated ResNet-50 at
 output stride 8 is slow on a CPU.
@@ -21,7 +21,7 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.losses import build_loss
 from pixelwise.models import build_model
 from pixelwise.models.complexity import count_flops, count_parameters
-from pixelwise.models.pspnet import PyramidPooling
+from pixelwise.models.pspnet import PSPNet, PyramidPooling
 from tests.weights import random_torchvision_state
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -106,7 +106,7 @@ def test_layer4_is_at_one_eighth_and_its_blocks_see_through_dilation() -> None:
     model = meta_model("pspnet50", 3)
     seen = {}
     for name in ("layer2", "layer3", "layer4"):
-        getattr(model.encoder, name).register_forward_hook(
+        getattr(model.backbone, name).register_forward_hook(
             lambda m, i, out, name=name: seen.__setitem__(name, tuple(out.shape[-2:]))
         )
     model.eval()(torch.empty(1, 3, 97, 131, device="meta"))
@@ -121,8 +121,8 @@ def test_layer4_is_at_one_eighth_and_its_blocks_see_through_dilation() -> None:
         rows = x.grad.abs().sum((0, 1)).sum(1).nonzero()
         return int(rows.max() - rows.min()) + 1
 
-    assert rows_seen(materialise(model.encoder.layer3[1]), 1024) == 5
-    assert rows_seen(materialise(model.encoder.layer4[1]), 2048) == 9
+    assert rows_seen(materialise(model.backbone.layer3[1]), 1024) == 5
+    assert rows_seen(materialise(model.backbone.layer4[1]), 2048) == 9
 
 
 def materialise(module: nn.Module) -> nn.Module:
@@ -163,7 +163,7 @@ def test_the_pyramid_concatenates_the_input_first_then_bins_1_2_3_6() -> None:
     assert torch.allclose(out[:, 8:10], out[:, 8:10, :1, :1].expand(-1, -1, 7, 9))
 
 
-class _LightEncoder(nn.Module):
+class _LightBackbone(nn.Module):
     """Stands in for the dilated ResNet (res4, res5 at 1/8) so that a train step is cheap."""
 
     def __init__(self) -> None:
@@ -178,7 +178,7 @@ class _LightEncoder(nn.Module):
 def test_the_trainer_weights_the_aux_loss_by_the_config() -> None:
     torch.manual_seed(0)
     model = build_model("pspnet50", 3, aux=True)
-    model.encoder = _LightEncoder()
+    model.backbone = _LightBackbone()
     x = torch.randn(2, 3, 33, 45)
     target = torch.randint(0, 3, (2, 33, 45))
     target[:, :4] = 255
@@ -198,7 +198,7 @@ def test_the_trainer_weights_the_aux_loss_by_the_config() -> None:
     for weight in (0.4, 1.0):
         criterion = build_loss("ce", aux_weights=[weight])
         torch.manual_seed(7)
-        value, _ = train_step(model, criterion, optimizer, scaler, x, target, amp=False, aux=True)
+        value, _ = train_step(model, criterion, optimizer, scaler, x, target, aux=True)
         assert value == pytest.approx(float(main + weight * aux), rel=1e-5)
 
 
@@ -249,17 +249,31 @@ def _semseg_resnet50_state() -> dict[str, Tensor]:
 def test_imagenet_resnet50_weights_land_in_place(deep_stem, make_state) -> None:
     state = make_state()
     model = build_model("pspnet50", 3, deep_stem=deep_stem, weights_backbone=state)
-    own = model.encoder.state_dict()
+    own = model.backbone.state_dict()
     for key, tensor in own.items():
         if key in state:
             assert torch.equal(tensor, state[key]), key
         else:  # semseg's file predates BN's counter
             assert key.endswith("num_batches_tracked"), key
     assert set(state) - set(own) == {"fc.weight", "fc.bias"}
-    assert model.encoder.layer4[0].conv2.dilation == (4, 4)
+    assert model.backbone.layer4[0].conv2.dilation == (4, 4)
 
 
 def test_torchvision_weights_do_not_fit_the_deep_stem_and_the_error_names_the_keys() -> None:
     state = random_torchvision_state(torchvision.models.resnet50)
     with pytest.raises(PixelwiseError, match=r"missing \['bn2.*shape mismatch conv1.weight"):
         meta_model("pspnet50", 3, weights_backbone=state)
+
+
+def test_checkpoints_that_name_the_backbone_encoder_still_load() -> None:
+    # Written before the rename: the ResNet under ``encoder.``. A ResNet-18 keeps the test quick.
+    torch.manual_seed(0)
+    state = PSPNet(depth=18, num_classes=3, aux=True, deep_stem=False).state_dict()
+    old = {("encoder." + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v
+           for k, v in state.items()}  # fmt: skip
+    assert "encoder.conv1.weight" in old and "backbone.conv1.weight" not in old
+    torch.manual_seed(1)
+    model = PSPNet(depth=18, num_classes=3, aux=True, deep_stem=False)
+    model.load_state_dict(old)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[key]), key

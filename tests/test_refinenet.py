@@ -16,6 +16,7 @@ from pixelwise.models import build_model
 from pixelwise.models.complexity import count_flops, count_parameters
 from pixelwise.models.refinenet import (
     ChainedResidualPooling,
+    RefineNet,
     RefineNetBlock,
     ResidualConvUnit,
     refinenet101,
@@ -82,12 +83,12 @@ def test_only_each_rcus_first_conv_and_the_classifier_have_a_bias() -> None:
     assert with_bias == expected
 
 
-# -- sizes and the encoder ----------------------------------------------------------------------
+# -- sizes and the backbone ---------------------------------------------------------------------
 
 
 def _layer4_size(model: nn.Module, x: Tensor) -> tuple[torch.Size, Tensor]:
     seen: list[torch.Size] = []
-    handle = model.encoder.layer4.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    handle = model.backbone.layer4.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     try:
         out = model(x)
     finally:
@@ -95,13 +96,13 @@ def _layer4_size(model: nn.Module, x: Tensor) -> tuple[torch.Size, Tensor]:
     return seen[0], out
 
 
-def test_odd_size_gives_logits_of_the_input_size_through_an_undilated_encoder() -> None:
+def test_odd_size_gives_logits_of_the_input_size_through_an_undilated_backbone() -> None:
     """Shapes on the meta device: res5 of a 97x131 input is 4x5 (stride 32, rounding up)."""
     model = _meta().eval()
     layer4, logits = _layer4_size(model, torch.zeros(2, 3, 97, 131, device="meta"))
     assert logits.shape == (2, 21, 97, 131)
     assert layer4 == (2, 2048, 4, 5)
-    assert model.encoder.output_stride == 32 and model.encoder.strides == (4, 8, 16, 32)
+    assert model.backbone.output_stride == 32 and model.backbone.strides == (4, 8, 16, 32)
     assert all(m.dilation == (1, 1) for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
@@ -185,10 +186,24 @@ def test_the_single_input_block_goes_straight_from_the_adapted_path_to_the_pooli
 
 
 @pytest.mark.slow  # a random ResNet-101 state and a real 118M-parameter model: ~7 s on CPU
-def test_resnet101_weights_load_into_the_encoder() -> None:
+def test_resnet101_weights_load_into_the_backbone() -> None:
     state = random_torchvision_state(torchvision.models.resnet101)
     model = refinenet101(num_classes=21, weights_backbone=state)
-    encoder = model.encoder.state_dict()
-    assert set(encoder) == {k for k in state if not k.startswith("fc.")}
-    for key, tensor in encoder.items():
+    backbone = model.backbone.state_dict()
+    assert set(backbone) == {k for k in state if not k.startswith("fc.")}
+    for key, tensor in backbone.items():
+        assert torch.equal(tensor, state[key]), key
+
+
+def test_checkpoints_that_name_the_backbone_encoder_still_load() -> None:
+    # Written before the rename: the ResNet under ``encoder.``. A ResNet-18 keeps the test quick.
+    torch.manual_seed(0)
+    state = RefineNet(depth=18, num_classes=3).state_dict()
+    old = {("encoder." + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v
+           for k, v in state.items()}  # fmt: skip
+    assert "encoder.conv1.weight" in old and "backbone.conv1.weight" not in old
+    torch.manual_seed(1)
+    model = RefineNet(depth=18, num_classes=3)
+    model.load_state_dict(old)
+    for key, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[key]), key

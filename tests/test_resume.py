@@ -51,11 +51,13 @@ def assert_same_tensors(a: dict, b: dict, where: str = "") -> int:
 
 def test_resume_mid_epoch_with_dropout_is_bit_identical(tmp_path):
     cfg = dropout_config(tmp_path, iters=6, eval_every=6)  # 3 steps per epoch
-    straight = Trainer(config_from_dict(cfg), run_dir=tmp_path / "a", progress=False)
+    straight = Trainer.from_config(config_from_dict(cfg), run_dir=tmp_path / "a", progress=False)
     straight.fit()
-    half = Trainer(config_from_dict(cfg), run_dir=tmp_path / "b", progress=False)
+    half = Trainer.from_config(config_from_dict(cfg), run_dir=tmp_path / "b", progress=False)
     half.fit(max_steps=2)  # mid-epoch
-    resumed = Trainer(config_from_dict(cfg), resume=tmp_path / "b" / "last.pt", progress=False)
+    resumed = Trainer.from_config(
+        config_from_dict(cfg), resume=tmp_path / "b" / "last.pt", progress=False
+    )
     assert resumed.step == 2
     resumed.fit()
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
@@ -115,7 +117,9 @@ def stopped_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("stopped")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    trainer = Trainer(config_from_dict(tiny_config(root, iters=4, eval_every=4)), progress=False)
+    trainer = Trainer.from_config(
+        config_from_dict(tiny_config(root, iters=4, eval_every=4)), progress=False
+    )
     trainer.fit(max_steps=2)
     torch.set_num_threads(before)
     return trainer.run_dir
@@ -145,7 +149,7 @@ def test_resume_applies_a_longer_run_and_records_it(tmp_path, stopped_run):
 
     run = tmp_path / "copy"
     shutil.copytree(stopped_run, run)
-    resumed = Trainer(
+    resumed = Trainer.from_config(
         config_from_dict(tiny_config(stopped_run.parent, iters=8, eval_every=4)),
         resume=run / "last.pt",
         progress=False,
@@ -162,7 +166,7 @@ def test_resume_with_a_wrong_model_is_refused_before_anything_is_written(stopped
     cfg = tiny_config(stopped_run.parent, iters=4)
     cfg["model"] = {"name": "enet"}
     with pytest.raises(PixelwiseError, match="model.name 'unet' -> 'enet'"):
-        Trainer(config_from_dict(cfg), resume=stopped_run / "last.pt", progress=False)
+        Trainer.from_config(config_from_dict(cfg), resume=stopped_run / "last.pt", progress=False)
 
 
 def test_a_process_holding_a_loader_with_workers_exits(tmp_path):

@@ -125,7 +125,7 @@ def test_checkpoints_in_the_layout_before_the_shared_backbone_still_load(name, c
             for key, value in state.items():
                 prefix = f"encoder.features.{first + sub}."
                 if key.startswith(prefix):
-                    old[f"encoder.{stage}.{layer}.{sub}.{key[len(prefix):]}"] = value
+                    old[f"encoder.{stage}.{layer}.{sub}.{key[len(prefix) :]}"] = value
     old |= {k: v for k, v in state.items() if not k.startswith("encoder.")}
     assert len(old) == len(state)
     assert set(legacy_segnet_keys(old, stages=config.stages)) == set(state)

@@ -249,12 +249,12 @@ def test_trainer_trains_a_supervised_network_on_the_labelled_subset_and_resumes_
     raw["data"].update(labeled_fraction=0.5, batch_size=2)
     raw["data"]["val_options"] = {"num_samples": 2}
     cfg = config_from_dict(raw)
-    trainer = Trainer(cfg, progress=False)
+    trainer = Trainer.from_config(cfg, progress=False)
     expected = fraction_subset(12, 0.5, seed=3)
     assert isinstance(trainer.train_set, LabeledSubset) and trainer.train_set.indices == expected
     assert trainer.iters_per_epoch == 3  # 6 labelled samples in batches of 2, not 12
     trainer.fit(max_steps=1)
     last = trainer.save("last.pt")
     torch.manual_seed(12345)  # the global RNG a resume restores plays no part
-    resumed = Trainer(cfg, resume=last, progress=False)
+    resumed = Trainer.from_config(cfg, resume=last, progress=False)
     assert resumed.train_set.indices == expected and resumed.step == 1

@@ -23,9 +23,10 @@ SHAPES_PALETTE = (
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
 )  # fmt: skip
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-_TRIANGLE_HALF_PLANES = np.stack(
-    [np.cos(a + np.pi / 2) for a in (0, 2 * np.pi / 3, 4 * np.pi / 3)]
-), np.stack([np.sin(a + np.pi / 2) for a in (0, 2 * np.pi / 3, 4 * np.pi / 3)])
+_TRIANGLE_HALF_PLANES = (
+    np.stack([np.cos(a + np.pi / 2) for a in (0, 2 * np.pi / 3, 4 * np.pi / 3)]),
+    np.stack([np.sin(a + np.pi / 2) for a in (0, 2 * np.pi / 3, 4 * np.pi / 3)]),
+)
 
 
 def _inside(kind: int, u: np.ndarray, v: np.ndarray, size: float, rng: np.random.Generator):
@@ -120,7 +121,9 @@ class Shapes(SegmentationDataset):
         max_objects: int = 4,
     ) -> None:
         super().__init__(root or ".", split=split, transforms=transforms)
-        self.num_samples = num_samples if num_samples is not None else (1000 if split == "train" else 200)
+        self.num_samples = (
+            num_samples if num_samples is not None else (1000 if split == "train" else 200)
+        )
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.seed = seed
         self.max_objects = max_objects
@@ -135,7 +138,9 @@ class Shapes(SegmentationDataset):
         return f"shapes/{self.split}/{sample}"
 
     def load_pair(self, sample: int) -> tuple[Tensor, Tensor]:
-        image, label = render_sample(self.seed, self.split, sample, self.image_size, self.max_objects)
+        image, label = render_sample(
+            self.seed, self.split, sample, self.image_size, self.max_objects
+        )
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(label).long()
 
     def load_image(self, sample: int) -> Tensor:

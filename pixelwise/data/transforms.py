@@ -189,10 +189,3 @@ def build_instance_eval_transforms(
 ) -> InstanceTransform:
     """Deterministic: optional resize, normalise, drop degenerate boxes; crowd regions kept."""
     return InstanceTransform(_instance_ops(resize, False, mean, std))
-
-
-def normalise_image(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 Nx3xHxW or 3xHxW -> normalised float32, for inference on raw images."""
-    x = image.float() / 255.0
-    shape = (-1, 1, 1)
-    return (x - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)

@@ -190,7 +190,9 @@ def first_nonfinite(state: dict[str, Tensor]) -> str | None:
     """The name of the first parameter or buffer holding inf or NaN, or None when all are finite."""
     if all_finite(list(state.values())):
         return None
-    return next(k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all()))
+    return next(
+        k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())
+    )
 
 
 def check_compatible(meta: dict[str, Any], model_name: str, num_classes: int, source: str) -> None:

@@ -43,13 +43,17 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise PixelwiseError(f"train.device is {name!r} but no CUDA device is visible; use cpu or auto.")
+            raise PixelwiseError(
+                f"train.device is {name!r} but no CUDA device is visible; use cpu or auto."
+            )
         if info.world_size > 1:
             return torch.device("cuda", info.local_rank)
     try:
         return torch.device(name)
     except RuntimeError:
-        raise PixelwiseError(f"Device {name!r} is not one torch knows; use auto, cpu, cuda or cuda:N.") from None
+        raise PixelwiseError(
+            f"Device {name!r} is not one torch knows; use auto, cpu, cuda or cuda:N."
+        ) from None
 
 
 def unwrap(model: nn.Module) -> nn.Module:

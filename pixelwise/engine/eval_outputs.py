@@ -35,13 +35,20 @@ from PIL import Image
 from torch import Tensor, nn
 
 from pixelwise.data import dataset_class
-from pixelwise.engine.evaluate import EvalResult, Evaluator, split_dataset, task_of
+from pixelwise.engine.evaluate import EvalResult, Evaluator, split_dataset
 from pixelwise.engine.model_io import LoadedModel
-from pixelwise.engine.task import NO_TTA, TTA, Task
+from pixelwise.engine.precision import Precision
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import match_target
 from pixelwise.metrics import scores_from_matrix
-from pixelwise.viz import denormalise, plot_confusion, prediction_grid, save_png
+from pixelwise.tasks.base import NO_TTA, TTA, Task
+from pixelwise.viz import (
+    denormalise,
+    plot_confusion,
+    prediction_grid,
+    save_png,
+    spread_indices,
+)
 
 #: How many images the overlays show, spread evenly over the split.
 OVERLAYS = 4
@@ -71,12 +78,12 @@ def evaluate_loaded(
     """
     if label_ids is not None:
         check_label_ids_dataset(loaded.config.data.dataset)
-    task = task_of(loaded)
+    task = loaded.task
     dataset, split = split_dataset(loaded.config, split, root)
     if label_ids is not None:
         task = LabelIdsWriter(task, dataset, label_ids)  # type: ignore[assignment]
     evaluator = Evaluator(loaded.config, task, split=split, tta=tta, dataset=dataset)
-    return evaluator.run(loaded.model, loaded.device)
+    return evaluator.run_loaded(loaded)
 
 
 # -- the folder of one evaluation ----------------------------------------------------------------
@@ -105,7 +112,7 @@ def write_eval_outputs(
     """Write one evaluation's files into a new folder under ``parent`` and return that folder."""
     folder = new_eval_folder(parent, result.split)
     classes = loaded.classes
-    shown = spread(len(result.dataset), overlays)
+    shown = spread_indices(len(result.dataset), overlays)
     written = write_overlays(folder, loaded, result, shown, tta)
     matrix = getattr(result.metric, "matrix", None)
     if matrix is not None:
@@ -173,22 +180,16 @@ def _cell(value: float) -> str:
     return "" if math.isnan(value) else repr(value)  # repr: the float exactly as eval.json has it
 
 
-def spread(count: int, k: int) -> list[int]:
-    """``k`` indices spread evenly over ``range(count)``, first and last included."""
-    if count <= 0 or k <= 0:
-        return []
-    return sorted({round(v) for v in np.linspace(0, count - 1, min(k, count))})
-
-
 @torch.no_grad()
 def write_overlays(
     folder: Path, loaded: LoadedModel, result: EvalResult, indices: Sequence[int], tta: TTA
 ) -> list[dict[str, Any]]:
     """``overlay-<index>.png`` for each of ``indices``: the prediction as evaluation made it."""
-    task = task_of(loaded)
     written = []
     for index in indices:
-        picture = overlay_picture(task, loaded.model, result.dataset, index, loaded.device, tta)
+        picture = overlay_picture(
+            loaded.task, loaded.model, result.dataset, index, loaded.device, tta, loaded.precision
+        )
         name = f"overlay-{index}.png"
         save_png(picture, folder / name)
         written.append({"file": name, "index": index, "image": _sample_name(result.dataset, index)})
@@ -196,7 +197,13 @@ def write_overlays(
 
 
 def overlay_picture(
-    task: Task, model: nn.Module, dataset: Any, index: int, device: torch.device, tta: TTA
+    task: Task,
+    model: nn.Module,
+    dataset: Any,
+    index: int,
+    device: torch.device,
+    tta: TTA,
+    precision: Precision,
 ) -> np.ndarray:
     """image | ground truth | prediction of one sample, with a legend.
 
@@ -205,9 +212,11 @@ def overlay_picture(
     """
     image, target = task.eval_transforms()(*dataset[index])
     inputs, targets = task.to_device(task.collate([(image, target)]), device)
-    outputs = task.predict(model, inputs, tta)
+    with precision.autocast():
+        outputs = task.predict(model, inputs, tta)
     if not (isinstance(outputs, Tensor) and outputs.ndim == 4 and isinstance(targets, Tensor)):
-        return task.picture(model, dataset, [index], device)
+        with precision.autocast():
+            return task.picture(model, dataset, [index], device)
     # A valid-padding model predicts the centre only: show the same window of each.
     shown = match_target(outputs, inputs)[0]
     truth = match_target(outputs, targets)[0].cpu()

@@ -61,7 +61,9 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def sliding_window(model: nn.Module, x: Tensor, crop: Sequence[int], stride: Sequence[int]) -> Tensor:
+def sliding_window(
+    model: nn.Module, x: Tensor, crop: Sequence[int], stride: Sequence[int]
+) -> Tensor:
     """Average softmax over overlapping ``crop`` windows moved by ``stride``; N×C×H×W.
 
     An image smaller than the window is padded (zeros on the normalised input) and the padding cut
@@ -116,8 +118,10 @@ def predict_probs(
     total: Tensor | None = None
     views = 0
     for scale in scales:
-        xs = x if scale == 1.0 else F.interpolate(
-            x, scale_factor=scale, mode="bilinear", align_corners=False
+        xs = (
+            x
+            if scale == 1.0
+            else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
         )
         for flipped in (False, True) if flip else (False,):
             xi = xs.flip(-1) if flipped else xs

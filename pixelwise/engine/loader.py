@@ -98,7 +98,9 @@ class SeededTransforms(Dataset):
         try:
             return self.transforms(image, mask)
         finally:
-            torch.set_rng_state(state)  # in the main process (workers=0) leave the caller's RNG as it was
+            torch.set_rng_state(
+                state
+            )  # in the main process (workers=0) leave the caller's RNG as it was
 
 
 def collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -167,8 +169,14 @@ def make_loader(
     num_workers: int,
     pin_memory: bool = False,
     collate_fn: Callable[[list[Any]], Any] = collate,
+    *,
+    persistent: bool = False,
 ) -> DataLoader:
     """A DataLoader over ``(index, seed)`` batches that never touches the global RNG.
+
+    With ``persistent`` its workers live from one pass to the next (the training loop moves the
+    sampler to the next epoch instead of building a loader per epoch); :func:`close_loader` stops
+    them.
 
     Without its own ``generator`` a DataLoader draws its workers' base seed from torch's global
     RNG each time an iterator starts, so a run resumed mid-epoch (a new iterator where the straight
@@ -181,7 +189,16 @@ def make_loader(
         collate_fn=collate_fn,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=persistent and num_workers > 0,
         generator=torch.Generator().manual_seed(sampler.seed * 100_003 + sampler.epoch),
         worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
+
+
+def close_loader(loader: DataLoader) -> None:
+    """Stop a persistent loader's workers now rather than when the loader is collected."""
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    loader._iterator = None

@@ -1,11 +1,15 @@
-"""One way to get a model back from a checkpoint, for eval, predict, compare, export and notebooks.
+"""One way to get a model back from a checkpoint, for eval, predict, compare, export, bench and
+notebooks: the network, its task (what it predicts, how its images are preprocessed, what it
+writes) and the precision its forwards run in, built once.
 
 >>> loaded = load_model("runs/demo/best.pt")
->>> loaded.model, loaded.meta["classes"], loaded.config.data.resize
+>>> loaded.model, loaded.task.classes, loaded.config.data.resize, loaded.precision.name
+>>> loaded.write_prediction(read_image("photo.jpg"), [Path("photo_label.png"), ...])
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,11 @@ from torch import nn
 from pixelwise.config import Config, config_from_dict
 from pixelwise.engine.checkpoint import load_checkpoint
 from pixelwise.engine.distributed import DistInfo, resolve_device
+from pixelwise.engine.precision import Precision, decide_precision
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model
+from pixelwise.tasks import build_task
+from pixelwise.tasks.base import PredictSettings, Task
 
 
 @dataclass
@@ -30,6 +37,9 @@ class LoadedModel:
         config: the run's configuration (data.resize, splits, dataset options ...).
         device: where the model lives.
         source: the checkpoint path, for messages.
+        task: the network's task, which preprocesses, predicts, scores and writes.
+        precision: the run's ``train.amp`` as decided on ``device``: the precision the run's
+            validation scored in, so an evaluation here scores what training reported.
     """
 
     model: nn.Module
@@ -37,6 +47,8 @@ class LoadedModel:
     config: Config
     device: torch.device
     source: str
+    task: Task
+    precision: Precision
 
     @property
     def classes(self) -> list[str]:
@@ -46,8 +58,34 @@ class LoadedModel:
     def palette(self) -> list[list[int]]:
         return [list(c) for c in self.meta["palette"]]
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What the task does to an image before the network (``resize``, ``mean``, ``std``)."""
+        return self.task.preprocessing()
 
-def model_from_meta(meta: dict[str, Any], weights: dict[str, torch.Tensor], source: str) -> nn.Module:
+    @property
+    def name(self) -> str:
+        """The registered network's name."""
+        return str(self.meta["model"])
+
+    def write_prediction(
+        self,
+        image: torch.Tensor,
+        paths: Sequence[Path],
+        settings: PredictSettings | None = None,
+        image_id: int = 0,
+    ) -> None:
+        """Predict the uint8 3×H×W ``image`` and write the task's files to ``paths``
+        (``task.prediction_files(stem)`` in ``--out``)."""
+        self.task.write_prediction(
+            self.model, image, paths, device=self.device, precision=self.precision,
+            settings=settings or PredictSettings(), image_id=image_id,
+        )  # fmt: skip
+
+
+def model_from_meta(
+    meta: dict[str, Any], weights: dict[str, torch.Tensor], source: str
+) -> nn.Module:
     """Build the network a checkpoint's meta names and load its weights strictly.
 
     Raises:
@@ -72,7 +110,13 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "auto") -> L
     payload = load_checkpoint(checkpoint)
     if isinstance(device, str):
         device = resolve_device(device, DistInfo())
-    model = model_from_meta(payload["meta"], payload["model"], source)
+    meta = payload["meta"]
+    model = model_from_meta(meta, payload["model"], source)
     model.to(device).eval()
     config = config_from_dict(payload["config"], source)
-    return LoadedModel(model, payload["meta"], config, device, source)
+    task = build_task(
+        config, meta["num_classes"], meta["classes"], meta["palette"],
+        category_ids=meta.get("category_ids", ()),
+    )  # fmt: skip
+    precision = decide_precision(config.train.amp, device)
+    return LoadedModel(model, meta, config, device, source, task, precision)

@@ -32,7 +32,9 @@ def new_run_dir(out_dir: str, name: str) -> Path:
 def output_folder(path: Path, flag: str) -> Path:
     """Create ``path`` (and its parents) for output, or refuse in one sentence before any work."""
     if path.exists() and not path.is_dir():
-        raise PixelwiseError(f"{flag} {path} is a file, not a folder; give a folder for the outputs.")
+        raise PixelwiseError(
+            f"{flag} {path} is a file, not a folder; give a folder for the outputs."
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:

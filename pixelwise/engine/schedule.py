@@ -22,7 +22,11 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> O
     params = [p for p in params if p.requires_grad]  # frozen layers (FCN's deconvs) stay out
     if cfg.name == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
         )
     if cfg.name == "adam":
         return torch.optim.Adam(
@@ -40,7 +44,9 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> O
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 
-def lr_factor(cfg: ScheduleConfig, step: int, total_iters: int, iters_per_epoch: int, base_lr: float) -> float:
+def lr_factor(
+    cfg: ScheduleConfig, step: int, total_iters: int, iters_per_epoch: int, base_lr: float
+) -> float:
     """Multiplier of the base learning rate at iteration ``step`` (0-based, before the update)."""
     if step < cfg.warmup_iters:
         alpha = step / cfg.warmup_iters

@@ -1,14 +1,14 @@
-"""The training engine: build everything from a :class:`~pixelwise.config.Config`, then fit.
+"""The training loop: :class:`Trainer` trains a :class:`~pixelwise.engine.run.Run` built from a
+:class:`~pixelwise.config.Config` by :func:`~pixelwise.engine.run.build_run`.
 
 The loop is per iteration (schedules, logging, evaluation in iterations or epochs); a checkpoint
 holds model, optimizer, scheduler, scaler, step, RNG states, best score and config, so ``resume``
 continues to the same parameters as an uninterrupted run. Under ``torchrun`` the model is wrapped in
 DistributedDataParallel, each rank reads its shard, metrics are all-reduced, and only rank 0 writes.
 
-What is learned comes from the run's :class:`~pixelwise.engine.task.Task` (batching, the step, the
+What is learned comes from the run's :class:`~pixelwise.tasks.base.Task` (batching, the step, the
 metric, the picture); validation is the same :class:`~pixelwise.engine.evaluate.Evaluator` that
-``pixelwise eval`` runs. The process group and device live in :mod:`~pixelwise.engine.distributed`,
-the run folder and stop signals in :mod:`~pixelwise.engine.rundir`.
+``pixelwise eval`` runs, in the run's :class:`~pixelwise.engine.precision.Precision`.
 """
 
 from __future__ import annotations
@@ -25,44 +25,22 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from pixelwise.config import Config, config_from_dict, dump_config
-from pixelwise.data import build_dataset
-from pixelwise.data.base import SegmentationDataset
-from pixelwise.engine.checkpoint import (
-    capture_rng,
-    check_compatible,
-    first_nonfinite,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
-from pixelwise.engine.distributed import init_distributed, resolve_device, unwrap
-from pixelwise.engine.evaluate import Evaluator, amp_in_effect
-from pixelwise.engine.loader import EpochBatchSampler, make_loader
-from pixelwise.engine.provenance import run_record
-from pixelwise.engine.rundir import StopRequest, new_run_dir, write_run_json
-from pixelwise.engine.schedule import build_optimizer, build_scheduler
-from pixelwise.engine.sync_bn import convert_sync_batchnorm
-from pixelwise.engine.task import Report, Task, class_weights_for, task_for  # noqa: F401
+from pixelwise.config import Config, dump_config
+from pixelwise.engine.checkpoint import capture_rng, first_nonfinite, save_checkpoint
+from pixelwise.engine.distributed import unwrap
+from pixelwise.engine.evaluate import Evaluator
+from pixelwise.engine.loader import EpochBatchSampler, close_loader, make_loader
+from pixelwise.engine.precision import Precision, float32
+from pixelwise.engine.run import Run, build_run
+from pixelwise.engine.rundir import StopRequest, write_run_json
 from pixelwise.errors import PixelwiseError
-from pixelwise.metrics import Scores, format_scores
-from pixelwise.models import build_model
-from pixelwise.viz import save_png
+from pixelwise.tasks.base import Report
+from pixelwise.tasks.semantic import SemanticTask
+from pixelwise.viz import save_png, spread_indices
 
 #: A stage's epochs are seeded as ``epoch + stage × _STAGE_EPOCHS``: no run has this many epochs
 #: in one stage, so two stages never share an order.
 _STAGE_EPOCHS = 1_000_000
-
-
-def build_datasets(cfg: Config) -> tuple[SegmentationDataset, SegmentationDataset]:
-    d = cfg.data
-    train = build_dataset(d.dataset, d.root, split=d.train_split, **d.split_options(d.train_split))
-    val = build_dataset(d.dataset, d.root, split=d.val_split, **d.split_options(d.val_split))
-    if len(train) == 0:
-        raise PixelwiseError(
-            f"Dataset {d.dataset!r} split {d.train_split!r} under {d.root} holds no samples; check data.root."
-        )
-    return train, val
 
 
 def train_step(
@@ -73,19 +51,20 @@ def train_step(
     images: Tensor,
     targets: Tensor,
     *,
-    amp: bool,
     aux: bool,
+    precision: Precision | None = None,
     skip_nonfinite: bool = False,
 ) -> tuple[float, bool]:
     """One semantic step with a given criterion, outside a Trainer (the task's step, for tests and
     notebooks); returns the loss and whether the optimizer stepped."""
     result = _CriterionTask(criterion, aux).train_step(
-        model, optimizer, scaler, images, targets, amp=amp, skip_nonfinite=skip_nonfinite
-    )
+        model, optimizer, scaler, images, targets,
+        precision=precision or float32(images.device), skip_nonfinite=skip_nonfinite,
+    )  # fmt: skip
     return result.loss, result.stepped
 
 
-class _CriterionTask(Task):
+class _CriterionTask(SemanticTask):
     def __init__(self, criterion: nn.Module, aux: bool) -> None:  # no config: the loss is given
         self.criterion, self.aux = criterion, aux
 
@@ -95,123 +74,49 @@ class _CriterionTask(Task):
 
 
 class Trainer:
-    """Everything one run needs, built from a config. ``fit()`` trains and returns the best scores.
+    """The loop over a built :class:`~pixelwise.engine.run.Run`. ``fit()`` trains and returns the
+    last scores; :meth:`from_config` builds the run and the trainer in one call.
 
     Args:
-        config: the run configuration.
-        run_dir: where to write; default a new folder ``train.out_dir/name``.
-        resume: a ``last.pt`` to continue from (its folder becomes the run folder).
+        run: the built parts (:func:`~pixelwise.engine.run.build_run`).
         progress: show tqdm bars (default: only on a terminal).
     """
 
-    def __init__(
-        self,
+    def __init__(self, run: Run, *, progress: bool | None = None) -> None:
+        self.run = run
+        self.cfg, self.dist, self.device = run.config, run.dist, run.device
+        self.train_set, self.val_set = run.train_set, run.val_set
+        self.classes, self.num_classes, self.task = run.classes, run.num_classes, run.task
+        self.model, self.net = run.model, run.net
+        self.optimizer, self.scheduler = run.optimizer, run.scheduler
+        self.precision, self.scaler = run.precision, run.scaler
+        self.iters_per_epoch, self.total_iters = run.iters_per_epoch, run.total_iters
+        self.stage_starts, self.stage_streams = run.stage_starts, run.stage_streams
+        self.run_dir, self.run_info = run.run_dir, run.run_info
+        self.step, self.best_score = run.step, run.best_score
+        self.progress = progress
+        # The step of the last checkpoint written (all finite); a resumed run's is its start.
+        self.saved_step: int | None = run.step if run.step else None
+        self.skipped = 0
+        self.history: list[dict[str, Any]] = []
+        self.writer = None
+        self.interrupted = False
+        self.eval_seconds = 0.0
+        self.train_images_per_s = 0.0
+        self._losses = RunningMeans()
+        self._loaders: dict[int, Any] = {}
+
+    @classmethod
+    def from_config(
+        cls,
         config: Config,
         *,
         run_dir: str | Path | None = None,
         resume: str | Path | None = None,
         progress: bool | None = None,
-    ) -> None:
-        self.cfg = config
-        self.dist = init_distributed(config.train.device)
-        self.device = resolve_device(config.train.device, self.dist)
-        self.progress = progress
-        checkpoint = load_checkpoint(resume) if resume else None
-        if checkpoint is not None:
-            check_resume_config(config, checkpoint["config"], str(resume))
-        torch.manual_seed(config.train.seed)
-        np.random.seed(config.train.seed)
-
-        self.train_set, self.val_set = build_datasets(config)
-        self.classes = list(self.train_set.classes)
-        self.num_classes = config.model.num_classes or self.train_set.num_classes
-        if self.num_classes != self.train_set.num_classes:
-            raise PixelwiseError(
-                f"model.num_classes is {self.num_classes} but {config.data.dataset} has "
-                f"{self.train_set.num_classes} classes; remove model.num_classes or fix it."
-            )
-        d = config.data
-        self.task = task_for(config, self.num_classes, self.classes, self.train_set.palette)
-        # The labelled subset (data.labeled_fraction / labeled_list), as the task learns from it.
-        self.train_set = self.task.train_dataset(self.train_set)
-        self.train_transforms = self.task.train_transforms()
-        self.eval_transforms = self.task.eval_transforms()
-
-        self.model = build_model(
-            config.model.name,
-            self.num_classes,
-            **config.model.options,
-            # A weights name or path is resolved (and downloaded) by models.backbones.
-            **({"weights_backbone": config.model.weights_backbone}
-               if config.model.weights_backbone else {}),
-        ).to(self.device)  # fmt: skip
-        if config.train.sync_bn and self.dist.world_size > 1:
-            if self.device.type == "cuda":
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            else:  # torch's SyncBatchNorm runs on CUDA only; ours all-reduces under gloo
-                self.model = convert_sync_batchnorm(self.model)
-        if config.train.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.task.setup(self.model, self.device, self.train_set)
-        self.optimizer = build_optimizer(self.model.parameters(), config.optim)
-        self.iters_per_epoch = self._batches_per_epoch(len(self.train_set))
-        if self.iters_per_epoch == 0:
-            raise PixelwiseError(
-                f"data.batch_size {d.batch_size} is larger than the {len(self.train_set)} training "
-                "samples; lower the batch size."
-            )
-        t = config.train
-        self.total_iters = t.iters if t.iters is not None else t.epochs * self.iters_per_epoch
-        self.stage_starts = self.task.stage_starts(self.total_iters)
-        self.stage_streams = [
-            self.task.stage_samples(stage, self.train_set)
-            for stage in range(len(self.stage_starts))
-        ]
-        self._check_stage_streams()
-        self.scheduler = build_scheduler(
-            self.optimizer,
-            config.schedule,
-            self.total_iters,
-            self.iters_per_epoch,
-            self.stage_starts,
-        )
-        # Autocast where it pays: on an AVX2-only CPU bf16 is slower than fp32, so the run says so
-        # once and trains in fp32, and run.json records what ran ("amp": false).
-        self.amp = amp_in_effect(t.amp, self.device)
-        if t.amp and not self.amp and self.dist.is_main:
-            print(
-                "train.amp: this CPU has no fast bfloat16 (no AVX-512/AMX), where autocast is "
-                "slower than fp32; training in fp32."
-            )
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp and self.device.type == "cuda"
-        )
-        self.step = 0
-        self.saved_step: int | None = None  # the step of the last checkpoint written (all finite)
-        self.skipped = 0
-        self.best_score = -math.inf
-        self.history: list[dict[str, Any]] = []
-        if checkpoint is not None:
-            self._restore(checkpoint, str(resume))
-            self.run_dir = Path(resume).parent
-        elif self.dist.is_main:
-            self.run_dir = Path(run_dir) if run_dir else new_run_dir(t.out_dir, config.name)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            self.run_dir = Path(run_dir or t.out_dir)
-        self.net: nn.Module = self.model
-        if self.dist.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if t.compile:
-            self.net = torch.compile(self.net)
-        self.run_info = run_record(
-            device=self.device, world_size=self.dist.world_size, batch_per_process=d.batch_size,
-            seed=t.seed, step=self.step,
-        )  # fmt: skip
-        self.run_info["amp"] = self.amp
-        self.writer = None
-        self.interrupted = False
+    ) -> Trainer:
+        """Build the run of ``config`` (:func:`~pixelwise.engine.run.build_run`) and its loop."""
+        return cls(build_run(config, run_dir=run_dir, resume=resume), progress=progress)
 
     @property
     def criterion(self) -> nn.Module | None:
@@ -280,53 +185,12 @@ class Trainer:
             return "no checkpoint of this start was written"
         return f"{self.run_dir / 'last.pt'} keeps step {self.saved_step}"
 
-    def _restore(self, payload: dict[str, Any], source: str) -> None:
-        check_compatible(payload["meta"], self.cfg.model.name, self.num_classes, source)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.scaler.load_state_dict(payload["scaler"])
-        self.step = int(payload["step"])
-        self.best_score = float(payload["best_score"])
-        self.saved_step = self.step
-        self.task.load_state_dict(payload.get("task", {}))
-        restore_rng(payload["rng"])
-        # The restored learning rate is the old schedule's; with a changed train.iters/epochs the
-        # schedule is the new one from this step on (LambdaLR's own formula, so unchanged runs match).
-        scheduler = self.scheduler
-        for group, base, factor in zip(
-            self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
-        ):
-            group["lr"] = base * factor(scheduler.last_epoch)
-
     def _write_run_json(self) -> None:
         write_run_json(self.run_dir, self.run_info, self.cfg.to_dict())
 
     # -- the loop ----------------------------------------------------------------------------
     def _batches_per_epoch(self, size: int) -> int:
-        d = self.cfg.data
-        return len(
-            EpochBatchSampler(
-                size, d.batch_size, rank=self.dist.rank, world_size=self.dist.world_size
-            )
-        )
-
-    def _check_stage_streams(self) -> None:
-        """Every stage's stream must fill at least one batch on every process."""
-        for stage, stream in enumerate(self.stage_streams):
-            if stream is not None and self._batches_per_epoch(len(stream)) == 0:
-                world = self.dist.world_size
-                share = (
-                    f" ({-(-len(stream) // world)} on each of {world} processes)"
-                    if world > 1
-                    else ""
-                )
-                raise PixelwiseError(
-                    f"The {self.cfg.model.name} training stage that starts at iteration "
-                    f"{self.stage_starts[stage]} draws from {len(stream)} training samples{share}, "
-                    f"fewer than data.batch_size {self.cfg.data.batch_size}; "
-                    "lower the batch size or label more images (data.labeled_fraction)."
-                )
+        return self.run.batches_per_epoch(size)
 
     def _stage_at(self, step: int) -> int:
         return sum(1 for start in self.stage_starts[1:] if start <= step)
@@ -334,22 +198,34 @@ class Trainer:
     def _train_loader(self, step: int):
         """The batches from iteration ``step`` to the end of its epoch (of its stage's stream).
 
-        A stage after the first draws its epochs with seeds of their own (``epoch`` offset by the
-        stage), so its order is not the first stage's again.
+        Each stage's DataLoader is built once and keeps its workers (``persistent_workers``); its
+        sampler is moved to the epoch and batch of ``step`` before each pass, and every sample is
+        seeded by its position, so a resumed run sees the batches a straight run sees. A stage
+        after the first draws its epochs with seeds of their own (``epoch`` offset by the stage),
+        so its order is not the first stage's again.
         """
-        d = self.cfg.data
         stage = self._stage_at(step)
+        loader = self._loaders.get(stage)
+        if loader is None:
+            loader = self._loaders[stage] = self._stage_loader(stage)
+        stream = self.stage_streams[stage]
+        per_epoch = self.iters_per_epoch if stream is None else self._batches_per_epoch(len(stream))
+        sampler = loader.batch_sampler
+        epoch, sampler.start = divmod(step - self.stage_starts[stage], per_epoch)
+        sampler.epoch = epoch + stage * _STAGE_EPOCHS
+        return loader
+
+    def _stage_loader(self, stage: int):
+        d = self.cfg.data
         stream = self.stage_streams[stage]
         dataset = self.train_set if stream is None else Subset(self.train_set, list(stream))
-        per_epoch = self.iters_per_epoch if stream is None else self._batches_per_epoch(len(stream))
-        epoch, start = divmod(step - self.stage_starts[stage], per_epoch)
         sampler = EpochBatchSampler(
-            len(dataset), d.batch_size, seed=self.cfg.train.seed, epoch=epoch + stage * _STAGE_EPOCHS,
-            rank=self.dist.rank, world_size=self.dist.world_size, start=start,
+            len(dataset), d.batch_size, seed=self.cfg.train.seed, rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )  # fmt: skip
         return make_loader(
-            dataset, self.train_transforms, sampler, d.num_workers,
-            self.device.type == "cuda", collate_fn=self.task.collate,
+            dataset, self.task.train_transforms(), sampler, d.num_workers,
+            self.device.type == "cuda", collate_fn=self.task.collate, persistent=True,
         )  # fmt: skip
 
     def evaluator(self) -> Evaluator:
@@ -397,7 +273,7 @@ class Trainer:
                     self.task.step = self.step
                     result = self.task.train_step(
                         self.net, self.optimizer, self.scaler, inputs, targets,
-                        amp=self.amp, skip_nonfinite=skip,
+                        precision=self.precision, skip_nonfinite=skip,
                     )  # fmt: skip
                     loss, stepped = result.loss, result.stepped
                     if not stepped and not skip:
@@ -441,6 +317,9 @@ class Trainer:
                         last_scores = self.validate()
             self.save("last.pt")
             self.interrupted = stop.requested
+        for loader in self._loaders.values():
+            close_loader(loader)
+        self._loaders.clear()
         bar.close()
         self.train_images_per_s = self.images_per_second(seen, tick)
         if self.writer is not None:
@@ -462,19 +341,24 @@ class Trainer:
         try:
             return self._validate()
         finally:
-            self.eval_seconds = getattr(self, "eval_seconds", 0.0) + time.perf_counter() - started
+            self.eval_seconds += time.perf_counter() - started
 
     def _validate(self) -> Report:
         report = (
             self.evaluator()
-            .run(self.net, self.device, amp=self.amp, channels_last=self.cfg.train.channels_last)
+            .run(
+                self.net,
+                self.device,
+                precision=self.precision,
+                channels_last=self.cfg.train.channels_last,
+            )  # fmt: skip
             .report
         )
         if not self.dist.is_main:
             return report
         record = {"step": self.step, "epoch": self.step / self.iters_per_epoch, **report.as_dict()}
         # The training loss terms, averaged since the previous evaluation, beside the scores.
-        record["train"] = self._losses.pop() if hasattr(self, "_losses") else {}
+        record["train"] = self._losses.pop()
         self.history.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -500,7 +384,8 @@ class Trainer:
         model.eval()
         try:
             indices = spread_indices(len(self.val_set), self.cfg.train.vis_samples)
-            return self.task.picture(model, self.val_set, indices, self.device)
+            with self.precision.autocast():  # drawn as validation predicts
+                return self.task.picture(model, self.val_set, indices, self.device)
         finally:
             model.train(was_training)
 
@@ -527,53 +412,3 @@ class RunningMeans:
 def _short(term: str) -> str:
     """A loss term's name for the progress bar: ``loss_classifier`` -> ``classifier``."""
     return term.removeprefix("loss_") if term != "loss" else term
-
-
-def spread_indices(size: int, count: int) -> list[int]:
-    """``count`` indices evenly spaced over ``range(size)``, first and last included."""
-    count = min(count, size)
-    if count <= 1:
-        return list(range(count))
-    return sorted({round(i * (size - 1) / (count - 1)) for i in range(count)})
-
-
-# What a resumed run may change: how long it runs, how often it reports, where it reads its data
-# and which device it runs on. Everything else comes from the checkpoint; a different value is
-# refused, never recorded in the run's config and then not applied.
-RESUME_MAY_CHANGE = (
-    "train.iters", "train.epochs", "train.eval_every", "train.log_every", "train.vis_samples",
-    "train.device", "data.num_workers", "data.root",
-)  # fmt: skip
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key not in ("options", "val_options"):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_resume_config(config: Config, saved: dict[str, Any], source: str) -> None:
-    """Refuse a resume whose config differs from the run's own outside :data:`RESUME_MAY_CHANGE`."""
-    before = _flatten(config_from_dict(saved, f"the config in {source}").to_dict())
-    after = _flatten(config.to_dict())
-    differ = [k for k in after if after[k] != before.get(k) and k not in RESUME_MAY_CHANGE]
-    if differ:
-        shown = ", ".join(f"{k} {before.get(k)!r} -> {after[k]!r}" for k in differ[:5])
-        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
-        raise PixelwiseError(
-            f"--resume {source}: the config differs from the run's own in {shown}{more}; resume "
-            f"with the run's config.yaml (only {', '.join(RESUME_MAY_CHANGE)} may change) or "
-            "start a new run."
-        )
-
-
-def config_from_checkpoint(payload: dict[str, Any]) -> Config:
-    return config_from_dict(payload["config"], "checkpoint config")
-
-
-def print_scores(scores: Scores, classes: list[str]) -> None:
-    print(format_scores(scores, classes))

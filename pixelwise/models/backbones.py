@@ -1,4 +1,4 @@
-"""The encoders the papers share, each written once, and the one path that loads their weights.
+"""The backbones the papers share, each written once, and the one path that loads their weights.
 
 - :class:`VGGBackbone`: VGG-style stages of 3x3 (or kxk) conv [+ BN] + ReLU, a 2x2/2 max pool after
   each, declared by one stage table (:data:`VGG16_STAGES`). Its parameters are laid out exactly as
@@ -150,7 +150,7 @@ def load_backbone(
     """Load pretrained weights into ``module``: resolve ``source``, ``convert`` it, load strictly.
 
     Args:
-        module: the encoder (or the part of a model) the converted keys belong to.
+        module: the backbone (or the part of a model) the converted keys belong to.
         source: a torchvision weights enum or its name, a state-dict file, a state dict, or None
             (nothing happens).
         convert: pure function from the publisher's layout to ``module``'s keys; default: the
@@ -186,7 +186,7 @@ VGG16_STAGES: tuple[tuple[int, ...], ...] = (
 
 
 class VGGBackbone(nn.Module):
-    """VGG-style encoder: per stage, convs (+BN) + ReLU, then a 2x2/2 max pool.
+    """VGG-style backbone: per stage, convs (+BN) + ReLU, then a 2x2/2 max pool.
 
     ``features`` is laid out as torchvision's ``vgg16(_bn)().features`` (conv, [BN], ReLU, ...,
     MaxPool), so its state dict has torchvision's keys. Outputs by name: ``"conv{s}"`` is stage s's

@@ -46,7 +46,7 @@ Deviations:
 - Classification stage: its training recipe is unconfirmed (REFERENCE.md part C); here it is the
   multi-label BCE on the AVE-pooled scores, in the same run as the segmentation stage: first
   alone, then frozen (``train.classifier_iters``), or both at once (see
-  :mod:`pixelwise.engine.decoupled`).
+  :mod:`pixelwise.tasks.decoupled`).
 - ``width_divisor`` and ``fc_kernel`` build narrower, smaller variants (all channel counts divided,
   the 7x7 fc kernels shrunk) for small inputs such as the built-in shapes, and ``batch_norm`` puts
   BN in the classifier's convs for training from scratch; the paper's setting is
@@ -55,7 +55,7 @@ Deviations:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +63,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.errors import PixelwiseError
-from pixelwise.models.backbones import VGG16_STAGES, VGGBackbone, WeightsSource, load_backbone
+from pixelwise.models.backbones import (
+    VGG16_STAGES,
+    VGGBackbone,
+    WeightsSource,
+    load_backbone,
+    rename_keys_on_load,
+)
 from pixelwise.models.fcn import vgg16_to_fcn_state_dict
 from pixelwise.models.registry import register_model
 
@@ -111,10 +117,10 @@ class _Features:
         return self.score_map.mean(dim=(2, 3))
 
 
-class ClassifierTrunk(nn.Module):
-    """VGG16 convs + ``fc6`` (kxk, no padding) + ``fc7`` (1x1); keys as torchvision's converted
-    VGG16 (``vgg.features.N``, ``fc6``, ``fc7``), so ImageNet weights load with
-    :func:`~pixelwise.models.fcn.vgg16_to_fcn_state_dict`."""
+class ClassifierBackbone(nn.Module):
+    """The classifier's backbone: VGG16 convs + ``fc6`` (kxk, no padding) + ``fc7`` (1x1); keys as
+    torchvision's converted VGG16 (``vgg.features.N``, ``fc6``, ``fc7``), so ImageNet weights load
+    with :func:`~pixelwise.models.fcn.vgg16_to_fcn_state_dict`."""
 
     def __init__(
         self,
@@ -134,6 +140,17 @@ class ClassifierTrunk(nn.Module):
 
     def convert(self, state) -> dict[str, Tensor]:
         return vgg16_to_fcn_state_dict(state)
+
+
+def legacy_decouplednet_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keys of DecoupledNet checkpoints written before the backbone was named so -> today's.
+
+    ``trunk.*`` -> ``backbone.*``; other keys pass unchanged. Pure.
+    """
+    return {
+        "backbone." + key.removeprefix("trunk.") if key.startswith("trunk.") else key: value
+        for key, value in state.items()
+    }
 
 
 def _norm_relu(layer: nn.Module, channels: int) -> nn.Sequential:
@@ -157,7 +174,7 @@ class Bridge(nn.Module):
 
 
 def _decoder(stages: Sequence[Sequence[int]]) -> nn.ModuleList:
-    """Deepest stage first; a stage has as many 3x3 deconvs as its encoder stage, all at the
+    """Deepest stage first; a stage has as many 3x3 deconvs as its VGG stage, all at the
     stage's width except the last, which narrows to the shallower stage's (``deconv4_3`` 512->256).
 
     A 3x3 deconvolution with stride 1 and padding 1 is a 3x3 convolution with the kernel flipped
@@ -227,7 +244,9 @@ class DecoupledNet(nn.Module):
         self.num_classes = num_classes
         self.input_size = input_size
         self.threshold = threshold
-        self.trunk = ClassifierTrunk(stages, fc_channels, fc_kernel, batch_norm)
+        self.backbone = ClassifierBackbone(stages, fc_channels, fc_kernel, batch_norm)
+        # Checkpoints written before the rename name the backbone ``trunk``.
+        self.register_load_state_dict_pre_hook(rename_keys_on_load(legacy_decouplednet_keys))
         self.cls_score = nn.Conv2d(fc_channels, num_classes - 1, 1)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.zeros_(self.cls_score.bias)
@@ -251,7 +270,7 @@ class DecoupledNet(nn.Module):
     def parts(self) -> dict[str, nn.Module]:
         """The three networks of the paper, for ``pixelwise models`` (parameters of each)."""
         return {
-            "classifier": nn.ModuleList([self.trunk, self.cls_score]),
+            "classifier": nn.ModuleList([self.backbone, self.cls_score]),
             "bridging": self.bridge,
             "segmentation": nn.ModuleList([self.decoder, self.seg_score]),
         }
@@ -285,9 +304,9 @@ class DecoupledNet(nn.Module):
     # -- the three parts -------------------------------------------------------------------------
     def features(self, x: Tensor) -> _Features:
         """The classification network on inputs already at ``input_size``."""
-        pool5, indices, sizes = self.trunk.vgg.forward_with_indices(x)
-        fc6 = F.relu(self.trunk.fc6(pool5))
-        fc7 = F.relu(self.trunk.fc7(fc6))
+        pool5, indices, sizes = self.backbone.vgg.forward_with_indices(x)
+        fc6 = F.relu(self.backbone.fc6(pool5))
+        fc7 = F.relu(self.backbone.fc7(fc6))
         return _Features(pool5, indices, sizes, fc6, fc7, self.cls_score(fc7))
 
     def class_specific_map(self, feats: _Features, image: Tensor, weights: Tensor) -> Tensor:
@@ -304,12 +323,12 @@ class DecoupledNet(nn.Module):
             2, flat.argmax(2, keepdim=True), weights[..., None].to(flat.dtype)
         )
         grad = grad.view(count, classes, height, width)
-        trunk = self.trunk
+        backbone = self.backbone
         d7 = F.conv_transpose2d(grad, self.cls_score.weight.detach())
         d7 = d7 * (feats.fc7[image] > 0).to(d7.dtype)
-        d6 = F.conv_transpose2d(d7, trunk.fc7.weight.detach())
+        d6 = F.conv_transpose2d(d7, backbone.fc7.weight.detach())
         d6 = d6 * (feats.fc6[image] > 0).to(d6.dtype)
-        return F.conv_transpose2d(d6, trunk.fc6.weight.detach())
+        return F.conv_transpose2d(d6, backbone.fc6.weight.detach())
 
     def segment(self, feats: _Features, image: Tensor, weights: Tensor) -> Tensor:
         """Figure-ground logits P x 2 x S x S for the rows (``image[p]``, ``weights[p]``).
@@ -419,7 +438,7 @@ def _build_decouplednet(
         threshold=threshold,
         batch_norm=batch_norm,
     )
-    load_backbone(model.trunk, weights_backbone)
+    load_backbone(model.backbone, weights_backbone)
     return model
 
 

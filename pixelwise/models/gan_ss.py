@@ -29,7 +29,7 @@ follows is our choice, in the K+1-class semi-supervised GAN formulation the pape
   each class present) is broadcast over the noise map and concatenated to it, so the first conv
   takes ``noise_channels + K`` channels.
 
-The losses (:mod:`pixelwise.engine.gan_task`) are, per pixel with logits l (K+1) and
+The losses (:mod:`pixelwise.tasks.gan_ss`) are, per pixel with logits l (K+1) and
 lse_K = logsumexp(l[:K]): labelled pixels K-class cross entropy over l[:K]; real pixels
 -log(1 - p_fake) = softplus(l_fake - lse_K); generated pixels -log p_fake = softplus(lse_K - l_fake);
 generator the non-saturating -log(1 - p_fake) on generated pixels.
@@ -215,7 +215,7 @@ def gan_ss(
         noise_channels: channels of the generator's noise map (DCGAN's z has 100).
         generator_width: w, the generator's last hidden width (DCGAN: 64).
         conditional: the weakly supervised variant (generator conditioned on image-level labels).
-        weights_backbone: passed to the discriminator's builder (for those with an encoder).
+        weights_backbone: passed to the discriminator's builder (for those that take one).
     """
     return _build_gan_ss(
         num_classes=num_classes,

@@ -41,8 +41,8 @@ with Caffe's corner-aligned interpolation. Here every resize goes to the exact s
 map it meets, with ``align_corners=False`` (the convention of every pixelwise model), so any input
 size works, e.g. 97x131. Initialisation follows the prototxt's fillers (MSRA weights, zero biases,
 BN scale 1, BN shift 0 in the encoder and 0.001 after it) except that ``conv6``/``conv7`` also get
-MSRA: the prototxt gives them no filler, i.e. Caffe's constant 0. Pretrained encoders come from
-torchvision's ``vgg16_bn`` (the authors started from Caffe's VGG16 without BN).
+MSRA: the prototxt gives them no filler, i.e. Caffe's constant 0. Pretrained backbone weights come
+from torchvision's ``vgg16_bn`` (the authors started from Caffe's VGG16 without BN).
 """
 
 from __future__ import annotations
@@ -210,6 +210,6 @@ def gfrnet(*, num_classes: int, weights_backbone: WeightsSource = None) -> GFRNe
     Args:
         num_classes: output classes (CamVid: 11).
         weights_backbone: torchvision ``VGG16_BN_Weights``, a path to a saved ``vgg16_bn`` state
-            dict, the state dict itself, or None (random encoder). The classifier is dropped.
+            dict, the state dict itself, or None (random backbone). The classifier is dropped.
     """
     return _build_gfrnet(num_classes=num_classes, weights_backbone=weights_backbone)

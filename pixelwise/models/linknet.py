@@ -148,6 +148,6 @@ def linknet(*, num_classes: int, weights_backbone: WeightsSource = None) -> Link
     Args:
         num_classes: output classes (CamVid: 11).
         weights_backbone: torchvision ``ResNet18_Weights``, a path to a saved ``resnet18`` state
-            dict, the state dict itself, or None (random encoder). ``fc`` is dropped.
+            dict, the state dict itself, or None (random backbone). ``fc`` is dropped.
     """
     return _build_linknet(num_classes=num_classes, weights_backbone=weights_backbone)

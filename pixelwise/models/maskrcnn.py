@@ -44,6 +44,7 @@ and ``masks`` (Nx1xHxW probabilities in [0, 1]) at that image's size.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -143,164 +144,123 @@ def _load_detector(model: MaskRCNN, source: WeightsSource, num_classes: int) -> 
         mask_rcnn.overwrite_eps(model, 0.0)
 
 
-def _build_maskrcnn(
-    torchvision_builder: Callable[..., MaskRCNN],
-    *,
-    num_classes: int,
-    weights: WeightsSource,
-    weights_backbone: WeightsSource,
-    trainable_backbone_layers: int | None,
-    frozen_bn: bool,
-    min_size: int | Sequence[int],
-    max_size: int,
-    **heads: float,
-) -> MaskRCNN:
-    sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
-    if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
-        raise PixelwiseError(
-            f"min_size is {min_size!r}; give the shorter side in pixels (800) or the sizes to draw "
-            "from in training, the last also the evaluation size ([800, 832, ..., 1024])."
-        )
-    if num_classes < 2:
-        raise PixelwiseError(
-            f"Mask R-CNN needs num_classes >= 2 (background and at least one class), got "
-            f"{num_classes}; count the background as class 0."
-        )
-    weights, weights_backbone = resolve_weights(weights), resolve_weights(weights_backbone)
-    pretrained = weights is not None or weights_backbone is not None
-    if trainable_backbone_layers is None:
-        trainable_backbone_layers = 3 if pretrained else 5
-    if not 0 <= trainable_backbone_layers <= 5:
-        raise PixelwiseError(
-            f"trainable_backbone_layers is {trainable_backbone_layers}; it counts ResNet stages "
-            "from layer4 down to conv1, so use 0 to 5."
-        )
-    # Built without weights so that torchvision neither downloads nor picks BN and freezing by
-    # itself; both are decided here, the same way whatever the weights' source.
-    model = torchvision_builder(
-        weights=None,
-        weights_backbone=None,
-        num_classes=num_classes,
-        min_size=sizes,
-        max_size=max_size,
-        image_mean=[0.0, 0.0, 0.0],  # pixelwise's data pipeline has normalised already
-        image_std=[1.0, 1.0, 1.0],
-        **heads,
-    )
-    body = model.backbone.body
-    if frozen_bn:
-        freeze_batchnorm(body)
-    load_backbone(body, weights_backbone, convert=_imagenet_to_body(body))
-    _load_detector(model, weights, num_classes)
-    _freeze_backbone_layers(body, trainable_backbone_layers)
-    return model
-
-
 PAPER = "He et al., Mask R-CNN (arXiv:1703.06870)"
 # The paper trains and tests at a shorter side of 800 pixels (longer side at most 1333).
 INPUT_SIZE = (800, 1333)
 
 
-@register_model(
+def _register_maskrcnn(
+    name: str,
+    torchvision_builder: Callable[..., MaskRCNN],
+    *,
+    paper: str,
+    frozen_bn_default: bool,
+    summary: str,
+) -> Callable[..., MaskRCNN]:
+    """Register the builder of one torchvision variant; the variants differ only in the detector
+    torchvision builds and in ``frozen_bn``'s default."""
+
+    def build(
+        *,
+        num_classes: int = 91,
+        weights: WeightsSource = None,
+        weights_backbone: WeightsSource = None,
+        trainable_backbone_layers: int | None = None,
+        frozen_bn: bool = frozen_bn_default,
+        min_size: int | Sequence[int] = 800,
+        max_size: int = 1333,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_test: int = 1000,
+        box_batch_size_per_image: int = 512,
+        box_detections_per_img: int = 100,
+        box_score_thresh: float = 0.05,
+    ) -> MaskRCNN:
+        """
+        Args:
+            num_classes: classes including the background (COCO: 91 ids, background 0).
+            weights: a whole detector (the variant's torchvision COCO weights, such as
+                ``"MaskRCNN_ResNet50_FPN_Weights.COCO_V1"``, or a file).
+            weights_backbone: ImageNet ResNet-50 weights for the backbone.
+            trainable_backbone_layers: ResNet stages that train (0-5); default 3 with pretrained
+                weights, else 5.
+            frozen_bn: ``FrozenBatchNorm2d`` in the ResNet (the paper) instead of trainable BN.
+            min_size: the shorter side images are resized to inside the model; several sizes:
+                training draws one per batch, evaluation takes the last (torchvision's rule).
+            max_size: the cap on the longer side.
+            rpn_post_nms_top_n_train: RPN proposals kept per image in training (torchvision's
+                name).
+            rpn_post_nms_top_n_test: RPN proposals kept per image in eval.
+            box_batch_size_per_image: RoIs sampled per image for the box and mask losses.
+            box_detections_per_img: detections returned per image (COCO's AP counts up to 100).
+            box_score_thresh: detections scoring below it are not returned.
+                These five are torchvision's names and defaults; the box and mask heads run on
+                every proposal/detection, so small counts make CPU tests fast.
+        """
+        sizes = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+        if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
+            raise PixelwiseError(
+                f"min_size is {min_size!r}; give the shorter side in pixels (800) or the sizes to "
+                "draw from in training, the last also the evaluation size ([800, 832, ..., 1024])."
+            )
+        if num_classes < 2:
+            raise PixelwiseError(
+                f"Mask R-CNN needs num_classes >= 2 (background and at least one class), got "
+                f"{num_classes}; count the background as class 0."
+            )
+        weights, weights_backbone = resolve_weights(weights), resolve_weights(weights_backbone)
+        pretrained = weights is not None or weights_backbone is not None
+        if trainable_backbone_layers is None:
+            trainable_backbone_layers = 3 if pretrained else 5
+        if not 0 <= trainable_backbone_layers <= 5:
+            raise PixelwiseError(
+                f"trainable_backbone_layers is {trainable_backbone_layers}; it counts ResNet stages "
+                "from layer4 down to conv1, so use 0 to 5."
+            )
+        # Built without weights so that torchvision neither downloads nor picks BN and freezing by
+        # itself; both are decided here, the same way whatever the weights' source.
+        model = torchvision_builder(
+            weights=None,
+            weights_backbone=None,
+            num_classes=num_classes,
+            min_size=sizes,
+            max_size=max_size,
+            image_mean=[0.0, 0.0, 0.0],  # pixelwise's data pipeline has normalised already
+            image_std=[1.0, 1.0, 1.0],
+            rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+            rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+            box_batch_size_per_image=box_batch_size_per_image,
+            box_detections_per_img=box_detections_per_img,
+            box_score_thresh=box_score_thresh,
+        )
+        body = model.backbone.body
+        if frozen_bn:
+            freeze_batchnorm(body)
+        load_backbone(body, weights_backbone, convert=_imagenet_to_body(body))
+        _load_detector(model, weights, num_classes)
+        _freeze_backbone_layers(body, trainable_backbone_layers)
+        return model
+
+    # Named as the module attribute it is bound to, so it pickles and reads like a def.
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{summary}\n\n{inspect.cleandoc(build.__doc__ or '')}"
+    return register_model(
+        name, paper=paper, year=2017, input_size=INPUT_SIZE, num_classes=91, task="instance"
+    )(build)
+
+
+maskrcnn_resnet50_fpn = _register_maskrcnn(
     "maskrcnn_resnet50_fpn",
+    mask_rcnn.maskrcnn_resnet50_fpn,
     paper=PAPER,
-    year=2017,
-    input_size=INPUT_SIZE,
-    num_classes=91,
-    task="instance",
+    frozen_bn_default=True,
+    summary="torchvision's Mask R-CNN ResNet-50-FPN; frozen BN by default (see the module "
+    'docstring); ``weights`` takes ``"MaskRCNN_ResNet50_FPN_Weights.COCO_V1"``.',
 )
-def maskrcnn_resnet50_fpn(
-    *,
-    num_classes: int = 91,
-    weights: WeightsSource = None,
-    weights_backbone: WeightsSource = None,
-    trainable_backbone_layers: int | None = None,
-    frozen_bn: bool = True,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_detections_per_img: int = 100,
-    box_score_thresh: float = 0.05,
-) -> MaskRCNN:
-    """torchvision's Mask R-CNN ResNet-50-FPN; frozen BN by default (see the module docstring).
-
-    Args:
-        num_classes: classes including the background (COCO: 91 ids, background 0).
-        weights: a whole detector (``"MaskRCNN_ResNet50_FPN_Weights.COCO_V1"`` or a file).
-        weights_backbone: ImageNet ResNet-50 weights for the backbone.
-        trainable_backbone_layers: ResNet stages that train (0-5); default 3 with pretrained
-            weights, else 5.
-        frozen_bn: ``FrozenBatchNorm2d`` in the ResNet (the paper) instead of trainable BN.
-        min_size: the shorter side images are resized to inside the model; several sizes:
-            training draws one per batch, evaluation takes the last (torchvision's rule).
-        max_size: the cap on the longer side.
-        rpn_post_nms_top_n_train: RPN proposals kept per image in training (torchvision's name).
-        rpn_post_nms_top_n_test: RPN proposals kept per image in eval.
-        box_batch_size_per_image: RoIs sampled per image for the box and mask losses.
-        box_detections_per_img: detections returned per image (COCO's AP counts up to 100).
-        box_score_thresh: detections scoring below it are not returned.
-            These five are torchvision's names and defaults; the box and mask heads run on every
-            proposal/detection, so small counts make CPU tests fast.
-    """
-    return _build_maskrcnn(
-        mask_rcnn.maskrcnn_resnet50_fpn,
-        num_classes=num_classes,
-        weights=weights,
-        weights_backbone=weights_backbone,
-        trainable_backbone_layers=trainable_backbone_layers,
-        frozen_bn=frozen_bn,
-        min_size=min_size,
-        max_size=max_size,
-        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        box_batch_size_per_image=box_batch_size_per_image,
-        box_detections_per_img=box_detections_per_img,
-        box_score_thresh=box_score_thresh,
-    )
-
-
-@register_model(
+maskrcnn_resnet50_fpn_v2 = _register_maskrcnn(
     "maskrcnn_resnet50_fpn_v2",
+    mask_rcnn.maskrcnn_resnet50_fpn_v2,
     paper=PAPER + "; v2 heads from Li et al. (arXiv:2111.11429)",
-    year=2017,
-    input_size=INPUT_SIZE,
-    num_classes=91,
-    task="instance",
+    frozen_bn_default=False,
+    summary="torchvision's improved Mask R-CNN ResNet-50-FPN (v2); trainable BN by default; "
+    '``weights`` takes ``"MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1"``.',
 )
-def maskrcnn_resnet50_fpn_v2(
-    *,
-    num_classes: int = 91,
-    weights: WeightsSource = None,
-    weights_backbone: WeightsSource = None,
-    trainable_backbone_layers: int | None = None,
-    frozen_bn: bool = False,
-    min_size: int | Sequence[int] = 800,
-    max_size: int = 1333,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    box_batch_size_per_image: int = 512,
-    box_detections_per_img: int = 100,
-    box_score_thresh: float = 0.05,
-) -> MaskRCNN:
-    """torchvision's improved Mask R-CNN ResNet-50-FPN (v2); trainable BN by default.
-
-    Args: as :func:`maskrcnn_resnet50_fpn`; ``weights`` takes
-    ``"MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1"``.
-    """
-    return _build_maskrcnn(
-        mask_rcnn.maskrcnn_resnet50_fpn_v2,
-        num_classes=num_classes,
-        weights=weights,
-        weights_backbone=weights_backbone,
-        trainable_backbone_layers=trainable_backbone_layers,
-        frozen_bn=frozen_bn,
-        min_size=min_size,
-        max_size=max_size,
-        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        box_batch_size_per_image=box_batch_size_per_image,
-        box_detections_per_img=box_detections_per_img,
-        box_score_thresh=box_score_thresh,
-    )

@@ -7,7 +7,7 @@ Reference code followed: the authors' released inference nets hszhao/PSPNet
 topology and the counts, and the authors' PyTorch port hszhao/semseg ``model/pspnet.py`` (the
 trainable version of the same net) for the training-time parts (auxiliary head, dropout):
 
-- Encoder: ResNet-50/101 with the "deep stem" (3x3/2 conv 64, 3x3 conv 64, 3x3 conv 128, each
+- Backbone: ResNet-50/101 with the "deep stem" (3x3/2 conv 64, 3x3 conv 64, 3x3 conv 128, each
   BN + ReLU, then the 3x3/2 max pool); ``layer3`` and ``layer4`` keep stride 1 and dilate every 3x3
   conv by 2 and 4, so ``layer4`` (res5, 2048 channels) is at 1/8 of the input (output stride 8).
   This is the shared :class:`~pixelwise.models.backbones.ResNetBackbone`.
@@ -44,7 +44,7 @@ Deviations and choices:
   PyTorch refuses with a bare ``ValueError``; here it is a :class:`PixelwiseError` that names the
   fix (a batch of 2 or more, as every recipe has, or ``model.eval()``). Evaluation at batch 1 works.
 
-Pretrained encoder (``weights_backbone``): the deep stem's keys are ``conv1..3``/``bn1..3`` plus
+Pretrained backbone (``weights_backbone``): the deep stem's keys are ``conv1..3``/``bn1..3`` plus
 ``layer1..4`` (and ``fc``, dropped), the layout of hszhao/semseg's ImageNet ResNets
 (``resnet50_v2.pth``, ``resnet101_v2.pth``), which load as they are. torchvision's ImageNet
 ResNets have the 7x7 stem and fit only a model built with ``deep_stem=False`` (then
@@ -54,14 +54,19 @@ ResNets have the 7x7 stem and fit only a model built with ``deep_stem=False`` (t
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.errors import PixelwiseError
-from pixelwise.models.backbones import ResNetBackbone, WeightsSource, load_backbone
+from pixelwise.models.backbones import (
+    ResNetBackbone,
+    WeightsSource,
+    load_backbone,
+    rename_keys_on_load,
+)
 from pixelwise.models.layers import ConvBNReLU
 from pixelwise.models.registry import register_model
 
@@ -72,6 +77,17 @@ BINS: tuple[int, ...] = (1, 2, 3, 6)
 HEAD_CHANNELS = 512
 AUX_CHANNELS = 256
 DROPOUT = 0.1
+
+
+def legacy_pspnet_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keys of PSPNet checkpoints written before the backbone was named so -> today's.
+
+    ``encoder.*`` -> ``backbone.*``; other keys pass unchanged. Pure.
+    """
+    return {
+        "backbone." + key.removeprefix("encoder.") if key.startswith("encoder.") else key: value
+        for key, value in state.items()
+    }
 
 
 class PyramidPooling(nn.Module):
@@ -141,7 +157,7 @@ class PSPNet(nn.Module):
             torchvision's ImageNet ResNets load.
 
     Attributes:
-        encoder: ``ResNetBackbone(depth, output_stride=8, deep_stem=...)`` returning ``layer3``
+        backbone: ``ResNetBackbone(depth, output_stride=8, deep_stem=...)`` returning ``layer3``
             (res4, 1024 ch) and ``layer4`` (res5, 2048 ch), both at 1/8.
         ppm: the :class:`PyramidPooling` module on res5 (2048 -> 4096 channels).
         head: 3x3 conv 4096 -> 512 + BN + ReLU, dropout, 1x1 conv -> C.
@@ -152,17 +168,19 @@ class PSPNet(nn.Module):
         self, *, depth: int, num_classes: int, aux: bool = False, deep_stem: bool = True
     ) -> None:
         super().__init__()
-        self.encoder = ResNetBackbone(
+        self.backbone = ResNetBackbone(
             depth, output_stride=8, deep_stem=deep_stem, return_layers=("layer3", "layer4")
         )
-        res4_channels, res5_channels = self.encoder.out_channels
+        # Checkpoints written before the rename name the backbone ``encoder``.
+        self.register_load_state_dict_pre_hook(rename_keys_on_load(legacy_pspnet_keys))
+        res4_channels, res5_channels = self.backbone.out_channels
         self.ppm = PyramidPooling(res5_channels, BINS)
         self.head = _classifier(self.ppm.out_channels, HEAD_CHANNELS, num_classes)
         self.aux_head = _classifier(res4_channels, AUX_CHANNELS, num_classes) if aux else None
 
     def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         size = x.shape[-2:]
-        res4, res5 = self.encoder(x)
+        res4, res5 = self.backbone(x)
         logits = _upsample(self.head(self.ppm(res5)), size)
         if not return_aux:
             return logits
@@ -188,7 +206,7 @@ def _build_pspnet(
     weights_backbone: WeightsSource,
 ) -> PSPNet:
     model = PSPNet(depth=depth, num_classes=num_classes, aux=aux, deep_stem=deep_stem)
-    load_backbone(model.encoder, weights_backbone)
+    load_backbone(model.backbone, weights_backbone)
     return model
 
 
@@ -206,7 +224,7 @@ def pspnet50(
         num_classes: output classes.
         aux: build the auxiliary head on res4 (train with ``loss.aux_weights: [0.4]``).
         deep_stem: the paper's three-conv stem (default); False gives torchvision's 7x7 stem.
-        weights_backbone: ImageNet weights for the encoder, or None (random). With the deep stem:
+        weights_backbone: ImageNet weights for the backbone, or None (random). With the deep stem:
             a state dict (or its file) in hszhao/semseg's layout (``resnet50_v2.pth``: ``conv1..3``,
             ``bn1..3``, ``layer1..4``; ``fc`` is dropped). With ``deep_stem=False``: torchvision's
             ``ResNet50_Weights`` (or its name) or a saved torchvision ``resnet50`` state dict.

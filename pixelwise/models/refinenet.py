@@ -9,7 +9,7 @@ parameters at 21 classes), whose layer widths are those of the authors' MatConvN
 (guosheng/refinenet ``main/gen_net_opts_model_type1.m``: adapted widths 512, 256, 256, 256;
 ``adapt_conv_num=2``, ``refine_block_conv_num_mainflow=3``, chained pools of size 5):
 
-- Encoder: torchvision's ResNet, undilated (output stride 32); ``layer1``..``layer4`` (res2..res5,
+- Backbone: torchvision's ResNet, undilated (output stride 32); ``layer1``..``layer4`` (res2..res5,
   strides 4, 8, 16, 32) feed RefineNet-1..4.
 - RefineNet-4 takes res5 alone; RefineNet-k (k = 3, 2, 1) takes res(k+1) and RefineNet-(k+1)'s
   output. Each input path: 3x3 dimension reduction (2048 -> 512 for res5, -> 256 for the others),
@@ -44,10 +44,17 @@ Where this departs from the port and the paper:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelwise.models.backbones import ResNetBackbone, WeightsSource, load_backbone
+from pixelwise.models.backbones import (
+    ResNetBackbone,
+    WeightsSource,
+    load_backbone,
+    rename_keys_on_load,
+)
 from pixelwise.models.registry import register_model
 
 __all__ = [
@@ -71,6 +78,17 @@ OUTPUT_RCUS = 3  # RCUs after the chained pooling (refine_block_conv_num_mainflo
 CRP_BLOCKS = 4  # pool+conv blocks of the chained residual pooling (the port's _make_crp(..., 4))
 POOL_SIZE = 5
 DROPOUT = 0.5
+
+
+def legacy_refinenet_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keys of RefineNet checkpoints written before the backbone was named so -> today's.
+
+    ``encoder.*`` -> ``backbone.*``; other keys pass unchanged. Pure.
+    """
+    return {
+        "backbone." + key.removeprefix("encoder.") if key.startswith("encoder.") else key: value
+        for key, value in state.items()
+    }
 
 
 def _conv3x3(in_channels: int, out_channels: int, *, bias: bool = False) -> nn.Conv2d:
@@ -154,7 +172,7 @@ class RefineNet(nn.Module):
     """4-cascaded RefineNet; logits N x C x H x W for any input N x 3 x H x W.
 
     Attributes:
-        encoder: ``ResNetBackbone(depth)`` at output stride 32 (torchvision keys without ``fc``),
+        backbone: ``ResNetBackbone(depth)`` at output stride 32 (torchvision keys without ``fc``),
             returning ``layer1``..``layer4``.
         refine: RefineNet-4, -3, -2, -1 in the order they run (``refine[0]`` takes res5).
         dropout: the port's Dropout(0.5) on res5, res4 and before the classifier.
@@ -163,10 +181,14 @@ class RefineNet(nn.Module):
 
     def __init__(self, *, depth: int, num_classes: int) -> None:
         super().__init__()
-        self.encoder = ResNetBackbone(depth, return_layers=("layer1", "layer2", "layer3", "layer4"))
+        self.backbone = ResNetBackbone(
+            depth, return_layers=("layer1", "layer2", "layer3", "layer4")
+        )
+        # Checkpoints written before the rename name the backbone ``encoder``.
+        self.register_load_state_dict_pre_hook(rename_keys_on_load(legacy_refinenet_keys))
         blocks: list[RefineNetBlock] = []
         coarse: int | None = None
-        for in_channels, width in zip(reversed(self.encoder.out_channels), WIDTHS, strict=True):
+        for in_channels, width in zip(reversed(self.backbone.out_channels), WIDTHS, strict=True):
             blocks.append(RefineNetBlock(in_channels, width, coarse))
             coarse = width
         self.refine = nn.ModuleList(blocks)
@@ -174,7 +196,7 @@ class RefineNet(nn.Module):
         self.classifier = _conv3x3(WIDTHS[-1], num_classes, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        res2, res3, res4, res5 = self.encoder(x)
+        res2, res3, res4, res5 = self.backbone(x)
         features = (self.dropout(res5), self.dropout(res4), res3, res2)
         y: Tensor | None = None
         for block, feature in zip(self.refine, features, strict=True):
@@ -183,46 +205,34 @@ class RefineNet(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _build_refinenet(*, depth: int, num_classes: int, weights_backbone: WeightsSource) -> RefineNet:
-    model = RefineNet(depth=depth, num_classes=num_classes)
-    load_backbone(model.encoder, weights_backbone)
-    return model
-
-
 _REGISTRY = {"paper": PAPER, "year": 2017, "input_size": (512, 512), "num_classes": 21}
 
 
-@register_model("refinenet50", **_REGISTRY)
-def refinenet50(*, num_classes: int, weights_backbone: WeightsSource = None) -> RefineNet:
-    """RefineNet on ResNet-50 (the MatConvNet training demo's default encoder).
+def _register_refinenet(depth: int, summary: str) -> Callable[..., RefineNet]:
+    """Register ``refinenet{depth}``: RefineNet on torchvision's ResNet-``depth``."""
+    name = f"refinenet{depth}"
+
+    def build(*, num_classes: int, weights_backbone: WeightsSource = None) -> RefineNet:
+        model = RefineNet(depth=depth, num_classes=num_classes)
+        load_backbone(model.backbone, weights_backbone)
+        return model
+
+    # Named as the module attribute it is bound to, so it pickles and reads like a def.
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"""{summary}
 
     Args:
         num_classes: output classes (VOC: 21).
-        weights_backbone: torchvision ``ResNet50_Weights``, a path to a saved ``resnet50`` state
-            dict, the state dict itself, or None (random encoder). ``fc`` is dropped.
+        weights_backbone: torchvision ``ResNet{depth}_Weights``, a path to a saved ``resnet{depth}``
+            state dict, the state dict itself, or None (random backbone). ``fc`` is dropped.
     """
-    return _build_refinenet(depth=50, num_classes=num_classes, weights_backbone=weights_backbone)
+    return register_model(name, **_REGISTRY)(build)
 
 
-@register_model("refinenet101", **_REGISTRY)
-def refinenet101(*, num_classes: int, weights_backbone: WeightsSource = None) -> RefineNet:
-    """RefineNet on ResNet-101, the released VOC model (118.05M parameters at 21 classes).
-
-    Args:
-        num_classes: output classes (VOC: 21).
-        weights_backbone: torchvision ``ResNet101_Weights``, a path to a saved ``resnet101`` state
-            dict, the state dict itself, or None (random encoder). ``fc`` is dropped.
-    """
-    return _build_refinenet(depth=101, num_classes=num_classes, weights_backbone=weights_backbone)
-
-
-@register_model("refinenet152", **_REGISTRY)
-def refinenet152(*, num_classes: int, weights_backbone: WeightsSource = None) -> RefineNet:
-    """RefineNet on ResNet-152 (the paper's deepest encoder).
-
-    Args:
-        num_classes: output classes (VOC: 21).
-        weights_backbone: torchvision ``ResNet152_Weights``, a path to a saved ``resnet152`` state
-            dict, the state dict itself, or None (random encoder). ``fc`` is dropped.
-    """
-    return _build_refinenet(depth=152, num_classes=num_classes, weights_backbone=weights_backbone)
+refinenet50 = _register_refinenet(
+    50, "RefineNet on ResNet-50 (the MatConvNet training demo's default backbone)."
+)
+refinenet101 = _register_refinenet(
+    101, "RefineNet on ResNet-101, the released VOC model (118.05M parameters at 21 classes)."
+)
+refinenet152 = _register_refinenet(152, "RefineNet on ResNet-152 (the paper's deepest backbone).")

@@ -26,7 +26,7 @@ class ModelInfo:
         in_channels: the input channels of the paper's setting (3 except the original U-Net).
         task: what the network does and so how the engine trains and scores it: ``"semantic"``
             (logits per pixel), ``"instance"`` (torchvision detection targets and outputs), or a
-            semi-supervised task's name; see :mod:`pixelwise.engine.task`.
+            semi-supervised task's name; see :mod:`pixelwise.tasks`.
     """
 
     name: str

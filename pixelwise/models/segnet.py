@@ -20,8 +20,8 @@ any input size round-trips, e.g. 250x333, and logits always come out at the inpu
 
 Deviations: none in topology. Initialisation follows the prototxt fillers (MSRA weights, zero conv
 bias, BN scale 1 and shift 0.001). BN epsilon is PyTorch's 1e-5, which torchvision's VGG16-BN also
-uses, so ImageNet weights load unchanged. Pretrained encoders come from torchvision's ``vgg16_bn``
-(the tutorial started from Caffe VGG16 without BN).
+uses, so ImageNet weights load unchanged. Pretrained backbone weights come from torchvision's
+``vgg16_bn`` (the tutorial started from Caffe VGG16 without BN).
 """
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ class SegNet(nn.Module):
 
     Attributes:
         lrn: ``LocalResponseNorm`` on the input (SegNet-Basic) or None.
-        encoder: one ``nn.Sequential`` per pooling stage (SegNet: VGG16's 5 stages, 13 convs).
+        encoder: the paper's encoder, a :class:`~pixelwise.models.backbones.VGGBackbone` whose
+            pools also return their indices (SegNet: VGG16's 5 stages, 13 convs).
         decoder: mirrored stages, deepest first, each run after an unpooling.
         classifier: the conv that gives the logits; nothing (no BN, no ReLU) follows it.
     """
@@ -232,7 +233,7 @@ def segnet(*, num_classes: int, weights_backbone: WeightsSource = None) -> SegNe
     Args:
         num_classes: output classes (CamVid: 11).
         weights_backbone: torchvision ``VGG16_BN_Weights``, a path to a saved ``vgg16_bn`` state
-            dict, the state dict itself, or None (random encoder).
+            dict, the state dict itself, or None (random backbone).
     """
     return _build_segnet(SEGNET, num_classes=num_classes, weights_backbone=weights_backbone)
 

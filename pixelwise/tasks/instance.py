@@ -32,7 +32,7 @@ from pixelwise.data.transforms import (
     build_instance_eval_transforms,
     build_instance_train_transforms,
 )
-from pixelwise.engine.task import NO_TTA, TTA, SemanticReport, Task, register_task
+from pixelwise.engine.precision import Precision
 from pixelwise.errors import PixelwiseError
 from pixelwise.instance_metrics import (
     COCO_METRICS,
@@ -42,7 +42,10 @@ from pixelwise.instance_metrics import (
     paint_instances,
 )
 from pixelwise.metrics import ConfusionMatrix, format_scores
-from pixelwise.viz import denormalise, with_legend
+from pixelwise.tasks import register_task
+from pixelwise.tasks.base import NO_TTA, TTA, PredictSettings, Task
+from pixelwise.tasks.semantic import SemanticReport
+from pixelwise.viz import denormalise, save_label_png, save_png, with_legend
 
 #: Detections scoring below this are left out of the painted map, the pictures and predict's
 #: outputs (COCO AP uses every detection, as COCOeval expects).
@@ -141,11 +144,23 @@ class InstanceTask(Task):
     """Mask R-CNN's batches, loss dict, COCO AP and instance pictures (see the module docstring)."""
 
     scored_per_pixel = False
+    score_name = "mask AP"
+    fixed_forward = False
+    bench_refusal = (
+        "its forward returns detections, not per-pixel logits; pixelwise bench times networks "
+        "that return per-pixel logits"
+    )
 
     def __init__(
-        self, config: Config, num_classes: int, classes: Sequence[str], palette: Sequence
+        self,
+        config: Config,
+        num_classes: int,
+        classes: Sequence[str],
+        palette: Sequence,
+        *,
+        category_ids: Sequence[int] = (),
     ) -> None:
-        super().__init__(config, num_classes, classes, palette)
+        super().__init__(config, num_classes, classes, palette, category_ids=category_ids)
         self._check_config(config)
 
     @staticmethod
@@ -176,8 +191,7 @@ class InstanceTask(Task):
         )
 
     def eval_transforms(self):
-        d = self.cfg.data
-        return build_instance_eval_transforms(resize=d.resize, mean=d.mean, std=d.std)
+        return build_instance_eval_transforms(**self.preprocessing())
 
     def collate(self, samples: list[Any]) -> tuple[list[Tensor], list[dict[str, Any]]]:
         """Images differ in size: a batch is a list of images and a list of targets."""
@@ -205,10 +219,12 @@ class InstanceTask(Task):
         return len(inputs)
 
     # -- training ------------------------------------------------------------------------------
-    def setup(self, model: nn.Module, device: torch.device, train_set: Any) -> None:
+    def setup(
+        self, model: nn.Module, device: torch.device, train_set: Any, precision: Precision
+    ) -> None:
         """The detector computes its own losses; only a from-scratch run on frozen BN is refused
         (frozen BN at its initial identity leaves the ResNet unnormalised: the loss explodes)."""
-        del device, train_set
+        del device, train_set, precision
         from torchvision.ops.misc import FrozenBatchNorm2d
 
         m = self.cfg.model
@@ -264,6 +280,70 @@ class InstanceTask(Task):
             shown = draw_instances(rgb, _cpu(found), self.classes, self.palette, scale=scale)
             rows.append(_side_by_side([truth, shown]))
         return with_legend(_stack(rows, ("ground truth", "prediction")), self.classes, self.palette)
+
+    # -- what the commands ask -----------------------------------------------------------------
+    @torch.no_grad()
+    def predict_instances(
+        self,
+        model: nn.Module,
+        image: Tensor,
+        device: torch.device,
+        precision: Precision,
+        tta: TTA = NO_TTA,
+    ) -> dict[str, Tensor]:
+        """Detections for one uint8 3xHxW image, preprocessed as evaluation preprocesses it, at
+        the image's own size (boxes scaled and masks resized bilinearly back when
+        ``data.resize`` is set)."""
+        height, width = image.shape[-2:]
+        x, _ = self.eval_transforms()(image, empty_target(height, width))
+        with precision.autocast():
+            found = _cpu(self.predict(model, [x.to(device)], tta)[0])
+        xh, xw = x.shape[-2:]
+        if (xh, xw) != (height, width):
+            scale = torch.tensor([width / xw, height / xh, width / xw, height / xh])
+            found["boxes"] = found["boxes"] * scale
+            if len(found["masks"]):
+                found["masks"] = F.interpolate(
+                    found["masks"].float(), size=(height, width), mode="bilinear",
+                    align_corners=False,
+                )  # fmt: skip
+            else:
+                found["masks"] = torch.zeros(0, 1, height, width)
+        return found
+
+    def prediction_files(self, stem: str) -> list[str]:
+        return [f"{stem}_overlay.png", f"{stem}_label.png", f"{stem}_detections.json"]
+
+    def write_prediction(
+        self,
+        model: nn.Module,
+        image: Tensor,
+        paths: Sequence[Path],
+        *,
+        device: torch.device,
+        precision: Precision,
+        settings: PredictSettings,
+        image_id: int = 0,
+    ) -> None:
+        """``<name>_overlay.png`` (instances drawn), ``<name>_label.png`` (the painted class map)
+        and ``<name>_detections.json`` (COCO results: ``image_id`` as given, ``category_id`` the
+        dataset's id of each label)."""
+        overlay_path, label_path, json_path = paths
+        threshold = settings.score_threshold
+        found = self.predict_instances(model, image, device, precision, settings.tta)
+        rgb = image.permute(1, 2, 0).numpy()
+        drawn = draw_instances(rgb, found, self.classes, self.palette, score_threshold=threshold)
+        save_png(with_legend(drawn, self.classes, self.palette), overlay_path)
+        painted = paint_instances(
+            found["masks"], found["labels"], found["scores"], image.shape[-2:],
+            score_threshold=threshold,
+        )  # fmt: skip
+        save_label_png(painted, self.palette, label_path)
+        category_ids = self.category_ids or category_ids_of(self.cfg.data.dataset, self.num_classes)
+        results = detections_to_coco_results(
+            found, image_id, category_ids, score_threshold=threshold
+        )
+        json_path.write_text(json.dumps(results) + "\n")
 
 
 # -- drawing -------------------------------------------------------------------------------------
@@ -350,89 +430,10 @@ def empty_target(height: int, width: int) -> dict[str, Any]:
     }
 
 
-@torch.no_grad()
-def predict_instances(
-    model: nn.Module, task: Task, image: Tensor, device: torch.device, tta: TTA = NO_TTA
-) -> dict[str, Tensor]:
-    """Detections for one uint8 3xHxW image, preprocessed as evaluation preprocesses it, at the
-    image's own size (boxes scaled and masks resized bilinearly back when ``data.resize`` is set)."""
-    height, width = image.shape[-2:]
-    x, _ = task.eval_transforms()(image, empty_target(height, width))
-    found = _cpu(task.predict(model, [x.to(device)], tta)[0])
-    xh, xw = x.shape[-2:]
-    if (xh, xw) != (height, width):
-        scale = torch.tensor([width / xw, height / xh, width / xw, height / xh])
-        found["boxes"] = found["boxes"] * scale
-        if len(found["masks"]):
-            found["masks"] = F.interpolate(
-                found["masks"].float(), size=(height, width), mode="bilinear", align_corners=False
-            )
-        else:
-            found["masks"] = torch.zeros(0, 1, height, width)
-    return found
-
-
-def category_ids_of(meta: Mapping[str, Any], dataset_name: str) -> Sequence[int] | None:
-    """The dataset's own id of each label, for COCO results: the checkpoint's meta if it has
-    them, else the dataset class's when they cover the checkpoint's classes, else the labels."""
-    if meta.get("category_ids"):
-        return list(meta["category_ids"])
+def category_ids_of(dataset_name: str, num_classes: int) -> Sequence[int] | None:
+    """The dataset class's own id of each label when they cover the model's classes, else None
+    (the labels themselves), for a checkpoint that saved none."""
     from pixelwise.data import dataset_class
 
     ids = getattr(dataset_class(dataset_name), "category_ids", ())
-    return list(ids) if len(ids) == int(meta["num_classes"]) else None
-
-
-def write_instance_predictions(
-    loaded: Any,
-    task: Task,
-    images: Sequence[Path],
-    names: Sequence[str],
-    out: Path,
-    *,
-    score_threshold: float = SCORE_THRESHOLD,
-    overwrite: bool = False,
-    tta: TTA = NO_TTA,
-) -> list[tuple[Path, ...]]:
-    """``pixelwise predict`` for an instance model: per image ``<name>_overlay.png`` (instances
-    drawn), ``<name>_label.png`` (the painted class map) and ``<name>_detections.json`` (COCO
-    results: ``image_id`` is the image's position in ``images``, ``category_id`` the dataset's id).
-
-    Raises:
-        PixelwiseError: an output exists and ``overwrite`` is False.
-    """
-    from pixelwise.data.base import read_image
-    from pixelwise.viz import save_label_png, save_png
-
-    outputs = [
-        (out / f"{n}_overlay.png", out / f"{n}_label.png", out / f"{n}_detections.json")
-        for n in names
-    ]
-    existing = [p for group in outputs for p in group if p.exists()]
-    if existing and not overwrite:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise PixelwiseError(
-            f"{existing[0]}{more} already exist in --out {out}; pass --overwrite to replace them "
-            "or choose another --out folder."
-        )
-    category_ids = category_ids_of(loaded.meta, loaded.config.data.dataset)
-    for image_id, (path, (overlay_path, label_path, json_path)) in enumerate(
-        zip(images, outputs, strict=True)
-    ):
-        image = read_image(path)
-        found = predict_instances(loaded.model, task, image, loaded.device, tta)
-        rgb = image.permute(1, 2, 0).numpy()
-        drawn = draw_instances(
-            rgb, found, loaded.classes, loaded.palette, score_threshold=score_threshold
-        )
-        save_png(with_legend(drawn, loaded.classes, loaded.palette), overlay_path)
-        painted = paint_instances(
-            found["masks"], found["labels"], found["scores"], image.shape[-2:],
-            score_threshold=score_threshold,
-        )  # fmt: skip
-        save_label_png(painted, loaded.palette, label_path)
-        results = detections_to_coco_results(
-            found, image_id, category_ids, score_threshold=score_threshold
-        )
-        json_path.write_text(json.dumps(results) + "\n")
-    return outputs
+    return list(ids) if len(ids) == num_classes else None

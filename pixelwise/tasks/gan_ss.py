@@ -18,10 +18,8 @@ Each term is a mean over pixels (and images), so its scale does not depend on th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,12 +36,14 @@ from pixelwise.data.subset import (
     dict_target_transform,
     image_labels_of,
 )
-from pixelwise.engine.checkpoint import all_finite
 from pixelwise.engine.distributed import unwrap
+from pixelwise.engine.precision import Precision
 from pixelwise.engine.schedule import build_optimizer
-from pixelwise.engine.task import StepResult, Task, amp_dtype, class_weights_for, register_task
 from pixelwise.errors import PixelwiseError
 from pixelwise.models.gan_ss import GANSS
+from pixelwise.tasks import register_task
+from pixelwise.tasks.base import StepResult, finish_update
+from pixelwise.tasks.semantic import SemanticTask, class_weights_for
 
 
 def _split(logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,7 +153,7 @@ def broadcast_buffers(module: nn.Module) -> None:
 
 
 @register_task("gan_ss")
-class GANSSTask(Task):
+class GANSSTask(SemanticTask):
     """Train GAN-SS's discriminator and generator in turn; evaluate the discriminator's K classes.
 
     Data: the training split as :class:`~pixelwise.data.subset.SemiSupervised` under
@@ -185,10 +185,21 @@ class GANSSTask(Task):
     fixed noise (the same at every evaluation) under the image | truth | prediction grid.
     """
 
+    fixed_forward = True
+    bench_refusal = (
+        "it trains two players in turn, and pixelwise bench times one network's forward and update"
+    )
+
     def __init__(
-        self, config: Config, num_classes: int, classes: Sequence[str], palette: Sequence
+        self,
+        config: Config,
+        num_classes: int,
+        classes: Sequence[str],
+        palette: Sequence,
+        *,
+        category_ids: Sequence[int] = (),
     ) -> None:
-        super().__init__(config, num_classes, classes, palette)
+        super().__init__(config, num_classes, classes, palette, category_ids=category_ids)
         self.g_optimizer: torch.optim.Optimizer | None = None
         self.class_weights: Tensor | None = None
         self.g_scaler: torch.amp.GradScaler | None = None
@@ -211,17 +222,6 @@ class GANSSTask(Task):
         transform = super().train_transforms()
         return dict_target_transform(transform) if self.conditional else transform
 
-    def to_device(
-        self, batch: tuple[Any, Any], device: torch.device, channels_last: bool = False
-    ) -> tuple[Any, Any]:
-        images, targets = batch
-        if not isinstance(targets, dict):
-            return super().to_device(batch, device, channels_last)
-        images, mask = super().to_device((images, targets["mask"]), device, channels_last)
-        return images, {
-            k: v.to(device, non_blocking=True) for k, v in {**targets, "mask": mask}.items()
-        }
-
     def to_data_space(self, generated: Tensor) -> Tensor:
         """G's tanh output t (RGB (t + 1) / 2 in [0, 1]) normalised with ``data.mean``/``std``."""
         mean, std = self._mean.to(generated.device), self._std.to(generated.device)
@@ -236,7 +236,9 @@ class GANSSTask(Task):
         return torch.stack([image_labels_of(m, self.num_classes) for m in targets])
 
     # -- training ------------------------------------------------------------------------------
-    def setup(self, model: nn.Module, device: torch.device, train_set: Any) -> None:
+    def setup(
+        self, model: nn.Module, device: torch.device, train_set: Any, precision: Precision
+    ) -> None:
         """The generator's optimizer (``optim`` as for D); the losses need no module."""
         gan = unwrap(model)
         if not isinstance(gan, GANSS):
@@ -252,7 +254,8 @@ class GANSSTask(Task):
         weights = class_weights_for(self.cfg, getattr(train_set, "source", train_set))
         self.class_weights = None if weights is None else weights.to(device)
         self.g_optimizer = build_optimizer(gan.generator.parameters(), self.cfg.optim)
-        self.g_scaler = torch.amp.GradScaler(device.type, enabled=False)
+        # G's own scaler: under float16 its loss is scaled like D's (its gradients underflow alike).
+        self.g_scaler = precision.grad_scaler()
 
     def loss(self, net: nn.Module, inputs: Any, targets: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """D's loss on the real batch alone (supervised + real); what a caller without G sees."""
@@ -272,7 +275,7 @@ class GANSSTask(Task):
         inputs: Any,
         targets: Any,
         *,
-        amp: bool,
+        precision: Precision,
         skip_nonfinite: bool = False,
     ) -> StepResult:
         """One update of D, then one of G (see the class docstring)."""
@@ -285,10 +288,9 @@ class GANSSTask(Task):
         if distributed:
             broadcast_buffers(gan)
         noise = self._noise(gan, inputs.shape[0], size, device, distributed)
-        autocast = partial(torch.autocast, device.type, dtype=amp_dtype(device), enabled=amp)
 
         # D: real pixels (labelled ones also by class) against generated ones.
-        with autocast():
+        with precision.autocast():
             fake = self.to_data_space(gan.generator(noise, size, self._image_labels(targets)))
             real_logits = gan(inputs, with_fake=True)
             with _frozen_running_stats(gan.discriminator):
@@ -305,19 +307,13 @@ class GANSSTask(Task):
         value = float(d_loss.detach())
         if distributed:
             value = float(average_gradients(list(gan.discriminator.parameters()), d_loss))
-        finite = math.isfinite(value)
-        if finite and skip_nonfinite and not scaler.is_enabled():
-            finite = all_finite([p.grad for g in optimizer.param_groups for p in g["params"]])
-        if not finite:
-            optimizer.zero_grad(set_to_none=True)
+        if not finish_update(value, optimizer, scaler, skip_nonfinite=skip_nonfinite):
             return StepResult(value, named, False)
-        scaler.step(optimizer)
-        scaler.update()
 
         # G: through the updated D, towards pixels D takes for any real class.
         self._follow_schedule(optimizer)
         with _frozen_running_stats(gan.discriminator), _no_weight_gradients(gan.discriminator):
-            with autocast():
+            with precision.autocast():
                 g_loss = generator_loss(gan(fake, with_fake=True))
             self.g_optimizer.zero_grad(set_to_none=True)
             self.g_scaler.scale(g_loss).backward()
@@ -326,11 +322,7 @@ class GANSSTask(Task):
             named["g_adversarial"] = float(
                 average_gradients(list(gan.generator.parameters()), g_loss)
             )
-        if math.isfinite(named["g_adversarial"]):
-            self.g_scaler.step(self.g_optimizer)
-            self.g_scaler.update()
-        else:
-            self.g_optimizer.zero_grad(set_to_none=True)
+        finish_update(named["g_adversarial"], self.g_optimizer, self.g_scaler)
         return StepResult(value, named, True)
 
     def _noise(

@@ -47,8 +47,11 @@ from torch import Tensor, nn
 from pixelwise.data.base import IGNORE_INDEX
 from pixelwise.data.subset import Balanced, apply_labeled_subset, dict_target_transform
 from pixelwise.engine.distributed import unwrap
-from pixelwise.engine.task import Task, register_task
+from pixelwise.engine.precision import Precision
 from pixelwise.errors import PixelwiseError
+from pixelwise.tasks import register_task
+from pixelwise.tasks.base import Task
+from pixelwise.tasks.semantic import SemanticTask
 
 
 def figure_ground_pairs(image_labels: Tensor, labeled: Tensor) -> Tensor:
@@ -86,11 +89,17 @@ def decoupled_loss(output: Any, targets: dict[str, Tensor], pairs: Tensor) -> di
 
 
 @register_task("decoupled")
-class DecoupledTask(Task):
+class DecoupledTask(SemanticTask):
     """Classification on every image, figure-ground segmentation on the labelled ones; in two
     stages with ``train.classifier_iters`` (see the module docstring)."""
 
     staged = True
+    # One decoder pass per class the classifier detects: no fixed graph to count, time or trace.
+    fixed_forward = False
+    bench_refusal = (
+        "its forward runs the decoder once per class the classifier detects, so its time "
+        "depends on the image"
+    )
 
     def stage_starts(self, total_iters: int) -> list[int]:
         first = self.cfg.train.classifier_iters
@@ -139,26 +148,21 @@ class DecoupledTask(Task):
     def train_transforms(self) -> Callable:
         return dict_target_transform(super().train_transforms())
 
-    def to_device(
-        self, batch: tuple[Any, Any], device: torch.device, channels_last: bool = False
-    ) -> tuple[Any, Any]:
-        images, targets = batch
-        if not isinstance(targets, dict):  # evaluation: plain masks
-            return super().to_device(batch, device, channels_last)
-        images, mask = super().to_device((images, targets["mask"]), device, channels_last)
-        moved = {k: v.to(device, non_blocking=True) for k, v in targets.items() if k != "mask"}
-        return images, {**moved, "mask": mask}
-
-    def setup(self, model: nn.Module, device: torch.device, train_set: Any) -> None:
+    def setup(
+        self, model: nn.Module, device: torch.device, train_set: Any, precision: Precision
+    ) -> None:
         """Nothing to build: the two losses are fixed (``loss.*`` settings do not apply)."""
-        del model, device, train_set
+        del model, device, train_set, precision
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        return Task.export_module(self, model)  # the refusal: see fixed_forward
 
     def loss(
         self, net: nn.Module, inputs: Tensor, targets: Any
     ) -> tuple[Tensor, dict[str, Tensor]]:
         stage = self.stage
         # The frozen classifier segments on its running statistics, as at inference.
-        unwrap(net).trunk.train(stage != "segmentation")
+        unwrap(net).backbone.train(stage != "segmentation")
         pairs = figure_ground_pairs(targets["image_labels"], targets["labeled"])
         if stage == "classifier":
             pairs = pairs[:0]  # the stand-in pair below keeps every parameter in the graph

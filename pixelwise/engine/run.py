@@ -1,0 +1,265 @@
+"""A training run built from a config in one function: :func:`build_run`.
+
+Everything the loop (:class:`~pixelwise.engine.train.Trainer`) works with is built here, in this
+order: the process group and device, the seeds, the datasets, the task, the model (SyncBatchNorm,
+channels_last), the task's own parts, the optimizer, the schedule with its stages, the precision
+and its GradScaler, the run folder, the DDP / compiled wrapper, and — with ``resume`` — the state
+of the checkpoint. The loop then only trains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pixelwise.config import Config, config_from_dict
+from pixelwise.data import build_dataset
+from pixelwise.engine.checkpoint import check_compatible, load_checkpoint, restore_rng
+from pixelwise.engine.distributed import DistInfo, init_distributed, resolve_device
+from pixelwise.engine.loader import EpochBatchSampler
+from pixelwise.engine.precision import Precision, decide_precision
+from pixelwise.engine.provenance import run_record
+from pixelwise.engine.rundir import new_run_dir
+from pixelwise.engine.schedule import build_optimizer, build_scheduler
+from pixelwise.engine.sync_bn import convert_sync_batchnorm
+from pixelwise.errors import PixelwiseError
+from pixelwise.models import build_model
+from pixelwise.tasks import build_task
+from pixelwise.tasks.base import Task
+
+# What a resumed run may change: how long it runs, how often it reports, where it reads its data
+# and which device it runs on. Everything else comes from the checkpoint; a different value is
+# refused, never recorded in the run's config and then not applied.
+RESUME_MAY_CHANGE = (
+    "train.iters", "train.epochs", "train.eval_every", "train.log_every", "train.vis_samples",
+    "train.device", "data.num_workers", "data.root",
+)  # fmt: skip
+
+
+@dataclass
+class Run:
+    """The built parts of one training run (see the module docstring).
+
+    ``step`` and ``best_score`` are where the run starts: 0 and -inf, or the checkpoint's.
+    """
+
+    config: Config
+    dist: DistInfo
+    device: torch.device
+    train_set: Any
+    val_set: Any
+    classes: list[str]
+    num_classes: int
+    task: Task
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    precision: Precision
+    scaler: torch.amp.GradScaler
+    iters_per_epoch: int
+    total_iters: int
+    stage_starts: list[int]
+    stage_streams: list[Any]
+    run_dir: Path
+    run_info: dict[str, Any]
+    step: int = 0
+    best_score: float = -math.inf
+
+    def batches_per_epoch(self, size: int) -> int:
+        """Batches per epoch of a ``size``-sample stream on each process."""
+        return batches_per_epoch(size, self.config.data.batch_size, self.dist)
+
+
+def batches_per_epoch(size: int, batch_size: int, dist: DistInfo) -> int:
+    sampler = EpochBatchSampler(size, batch_size, rank=dist.rank, world_size=dist.world_size)
+    return len(sampler)
+
+
+def build_datasets(cfg: Config) -> tuple[Any, Any]:
+    """The training and validation splits, each read with the options the config gives it."""
+    d = cfg.data
+    train = build_dataset(d.dataset, d.root, split=d.train_split, **d.split_options(d.train_split))
+    val = build_dataset(d.dataset, d.root, split=d.val_split, **d.split_options(d.val_split))
+    if len(train) == 0:
+        raise PixelwiseError(
+            f"Dataset {d.dataset!r} split {d.train_split!r} under {d.root} holds no samples; "
+            "check data.root."
+        )
+    return train, val
+
+
+def build_run(
+    config: Config,
+    *,
+    run_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+) -> Run:
+    """Build every part of a run of ``config``; with ``resume`` (a ``last.pt``) restored to it.
+
+    Args:
+        config: the run configuration.
+        run_dir: where to write; default a new folder ``train.out_dir/name``.
+        resume: a ``last.pt`` to continue from (its folder becomes the run folder).
+    """
+    dist = init_distributed(config.train.device)
+    device = resolve_device(config.train.device, dist)
+    checkpoint = load_checkpoint(resume) if resume else None
+    if checkpoint is not None:
+        check_resume_config(config, checkpoint["config"], str(resume))
+    torch.manual_seed(config.train.seed)
+    np.random.seed(config.train.seed)
+
+    train_set, val_set = build_datasets(config)
+    classes = list(train_set.classes)
+    num_classes = config.model.num_classes or train_set.num_classes
+    if num_classes != train_set.num_classes:
+        raise PixelwiseError(
+            f"model.num_classes is {num_classes} but {config.data.dataset} has "
+            f"{train_set.num_classes} classes; remove model.num_classes or fix it."
+        )
+    task = build_task(
+        config, num_classes, classes, train_set.palette,
+        category_ids=getattr(train_set, "category_ids", ()),
+    )  # fmt: skip
+    # The labelled subset (data.labeled_fraction / labeled_list), as the task learns from it.
+    train_set = task.train_dataset(train_set)
+
+    model = _build_model(config, num_classes, dist, device)
+    precision = decide_precision(config.train.amp, device)
+    if precision.note and dist.is_main:
+        print(f"train.amp: {precision.note}")
+    task.setup(model, device, train_set, precision)
+    optimizer = build_optimizer(model.parameters(), config.optim)
+    d, t = config.data, config.train
+    per_epoch = batches_per_epoch(len(train_set), d.batch_size, dist)
+    if per_epoch == 0:
+        raise PixelwiseError(
+            f"data.batch_size {d.batch_size} is larger than the {len(train_set)} training "
+            "samples; lower the batch size."
+        )
+    total_iters = t.iters if t.iters is not None else t.epochs * per_epoch
+    stage_starts = task.stage_starts(total_iters)
+    stage_streams = [task.stage_samples(stage, train_set) for stage in range(len(stage_starts))]
+    _check_stage_streams(config, stage_starts, stage_streams, dist)
+    scheduler = build_scheduler(optimizer, config.schedule, total_iters, per_epoch, stage_starts)
+
+    run = Run(
+        config=config, dist=dist, device=device, train_set=train_set, val_set=val_set,
+        classes=classes, num_classes=num_classes, task=task, model=model, net=model,
+        optimizer=optimizer, scheduler=scheduler, precision=precision,
+        scaler=precision.grad_scaler(), iters_per_epoch=per_epoch, total_iters=total_iters,
+        stage_starts=stage_starts, stage_streams=stage_streams, run_dir=Path("."), run_info={},
+    )  # fmt: skip
+    if checkpoint is not None:
+        restore(run, checkpoint, str(resume))
+        run.run_dir = Path(resume).parent
+    elif dist.is_main:
+        run.run_dir = Path(run_dir) if run_dir else new_run_dir(t.out_dir, config.name)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run.run_dir = Path(run_dir or t.out_dir)
+    if dist.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        run.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if t.compile:
+        run.net = torch.compile(run.net)
+    run.run_info = run_record(
+        device=device, world_size=dist.world_size, batch_per_process=d.batch_size, seed=t.seed,
+        step=run.step,
+    )  # fmt: skip
+    run.run_info["amp"] = precision.enabled
+    run.run_info["precision"] = precision.name
+    return run
+
+
+def _build_model(
+    config: Config, num_classes: int, dist: DistInfo, device: torch.device
+) -> nn.Module:
+    model = build_model(
+        config.model.name,
+        num_classes,
+        **config.model.options,
+        # A weights name or path is resolved (and downloaded) by models.backbones.
+        **({"weights_backbone": config.model.weights_backbone}
+           if config.model.weights_backbone else {}),
+    ).to(device)  # fmt: skip
+    if config.train.sync_bn and dist.world_size > 1:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:  # torch's SyncBatchNorm runs on CUDA only; ours all-reduces under gloo
+            model = convert_sync_batchnorm(model)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _check_stage_streams(
+    config: Config, starts: list[int], streams: list[Any], dist: DistInfo
+) -> None:
+    """Every stage's stream must fill at least one batch on every process."""
+    batch = config.data.batch_size
+    for stage, stream in enumerate(streams):
+        if stream is not None and batches_per_epoch(len(stream), batch, dist) == 0:
+            world = dist.world_size
+            share = (
+                f" ({-(-len(stream) // world)} on each of {world} processes)" if world > 1 else ""
+            )
+            raise PixelwiseError(
+                f"The {config.model.name} training stage that starts at iteration "
+                f"{starts[stage]} draws from {len(stream)} training samples{share}, "
+                f"fewer than data.batch_size {batch}; "
+                "lower the batch size or label more images (data.labeled_fraction)."
+            )
+
+
+def restore(run: Run, payload: dict[str, Any], source: str) -> None:
+    """Put the checkpoint ``payload``'s model, optimizer, schedule, scaler, task state, RNG,
+    step and best score into ``run``."""
+    check_compatible(payload["meta"], run.config.model.name, run.num_classes, source)
+    run.model.load_state_dict(payload["model"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    run.scheduler.load_state_dict(payload["scheduler"])
+    run.scaler.load_state_dict(payload["scaler"])
+    run.step = int(payload["step"])
+    run.best_score = float(payload["best_score"])
+    run.task.load_state_dict(payload.get("task", {}))
+    restore_rng(payload["rng"])
+    # The restored learning rate is the old schedule's; with a changed train.iters/epochs the
+    # schedule is the new one from this step on (LambdaLR's own formula, so unchanged runs match).
+    scheduler = run.scheduler
+    for group, base, factor in zip(
+        run.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * factor(scheduler.last_epoch)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in ("options", "val_options"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume_config(config: Config, saved: dict[str, Any], source: str) -> None:
+    """Refuse a resume whose config differs from the run's own outside :data:`RESUME_MAY_CHANGE`."""
+    before = _flatten(config_from_dict(saved, f"the config in {source}").to_dict())
+    after = _flatten(config.to_dict())
+    differ = [k for k in after if after[k] != before.get(k) and k not in RESUME_MAY_CHANGE]
+    if differ:
+        shown = ", ".join(f"{k} {before.get(k)!r} -> {after[k]!r}" for k in differ[:5])
+        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+        raise PixelwiseError(
+            f"--resume {source}: the config differs from the run's own in {shown}{more}; resume "
+            f"with the run's config.yaml (only {', '.join(RESUME_MAY_CHANGE)} may change) or "
+            "start a new run."
+        )

@@ -1,0 +1,238 @@
+"""Semantic segmentation: a class for every pixel, cross entropy, one dataset-wide confusion matrix.
+
+The default task, and the one the semi-supervised tasks extend: its networks take N×3×H×W
+normalised images and return N×C×H×W logits, its metric is
+:class:`~pixelwise.metrics.ConfusionMatrix`'s scores, ``predict`` writes a label PNG and an overlay
+per image, and ``export`` traces the network itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pixelwise.config import Config
+from pixelwise.data.subset import apply_labeled_subset
+from pixelwise.data.transforms import build_eval_transforms, build_train_transforms
+from pixelwise.engine.inference import predict_probs
+from pixelwise.engine.loader import collate as stack_batch
+from pixelwise.engine.precision import Precision
+from pixelwise.errors import PixelwiseError
+from pixelwise.losses import build_loss, match_target
+from pixelwise.metrics import ConfusionMatrix, Scores, format_scores
+from pixelwise.models.layers import center_crop
+from pixelwise.tasks import register_task
+from pixelwise.tasks.base import NO_TTA, TTA, PredictSettings, Task
+from pixelwise.viz import (
+    denormalise,
+    overlay,
+    prediction_grid,
+    save_label_png,
+    save_png,
+    with_legend,
+)
+
+
+@dataclass(frozen=True)
+class SemanticReport(Scores):
+    """:class:`~pixelwise.metrics.Scores` as a :class:`~pixelwise.tasks.base.Report`: best.pt
+    keeps the highest mIoU."""
+
+    @property
+    def score(self) -> float:
+        return self.mean_iou
+
+    def scalars(self) -> dict[str, float]:
+        return {
+            "mIoU": self.mean_iou, "pixel_accuracy": self.pixel_accuracy,
+            "mean_accuracy": self.mean_accuracy, "fwIoU": self.fw_iou,
+        }  # fmt: skip
+
+    def format(self, classes: Sequence[str]) -> str:
+        return format_scores(self, list(classes))
+
+
+class SemanticMetric:
+    """The dataset-wide confusion matrix of predicted probabilities against masks."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.confusion = ConfusionMatrix(num_classes, device=device)
+
+    @property
+    def matrix(self) -> Tensor:
+        return self.confusion.matrix
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None:
+        # A valid-padding U-Net predicts the centre only: score that window of the mask.
+        self.confusion.update(outputs.argmax(dim=1), match_target(outputs, targets))
+
+    def all_reduce(self) -> None:
+        self.confusion.all_reduce()
+
+    def compute(self) -> SemanticReport:
+        return SemanticReport(**vars(self.confusion.compute()))
+
+
+@register_task("semantic")
+class SemanticTask(Task):
+    """A class for every pixel (see the module docstring)."""
+
+    fixed_forward: ClassVar[bool] = True
+
+    # -- data ----------------------------------------------------------------------------------
+    def train_dataset(self, dataset: Any) -> Any:
+        """The training split as this task learns from it.
+
+        Under ``data.labeled_fraction`` / ``data.labeled_list`` a fully supervised network trains
+        on the labelled samples alone (an unlabelled image carries no signal for it); a
+        semi-supervised task overrides this to keep the unlabelled images
+        (:func:`~pixelwise.data.subset.apply_labeled_subset` with ``keep_unlabeled=True``).
+        """
+        return apply_labeled_subset(dataset, self.cfg)
+
+    def train_transforms(self) -> Callable:
+        d = self.cfg.data
+        return build_train_transforms(
+            crop_size=d.crop_size, resize=d.resize, scale_range=d.scale_range, hflip=d.hflip,
+            color_jitter=d.color_jitter, mean=d.mean, std=d.std,
+        )  # fmt: skip
+
+    def eval_transforms(self) -> Callable:
+        return build_eval_transforms(**self.preprocessing())
+
+    def collate(self, samples: list[Any]) -> tuple[Any, Any]:
+        return stack_batch(samples)
+
+    # -- training ------------------------------------------------------------------------------
+    def setup(
+        self, model: nn.Module, device: torch.device, train_set: Any, precision: Precision
+    ) -> None:
+        """The loss, with the class weights the config asks for."""
+        del model, precision
+        loss = self.cfg.loss
+        self.criterion = build_loss(
+            loss.name, class_weights=class_weights_for(self.cfg, train_set), top_k=loss.top_k,
+            aux_weights=loss.aux_weights,
+        ).to(device)  # fmt: skip
+
+    def loss(self, net: nn.Module, inputs: Any, targets: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss to minimise and its named parts (none for a single cross entropy)."""
+        assert self.criterion is not None, "Task.setup() builds the criterion"
+        output = net(inputs, return_aux=True) if self.cfg.loss.aux_weights else net(inputs)
+        return self.criterion(output, targets), {}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def new_metric(self, device: torch.device) -> SemanticMetric:
+        return SemanticMetric(self.num_classes, device)
+
+    def predict(self, model: nn.Module, inputs: Any, tta: TTA = NO_TTA) -> Any:
+        """Class probabilities N×C×H×W averaged over the test-time augmentations."""
+        return predict_probs(
+            model, inputs, scales=tta.scales, flip=tta.flip, crop=tta.crop, stride=tta.stride
+        )
+
+    @torch.no_grad()
+    def picture(
+        self, model: nn.Module, dataset: Any, indices: Sequence[int], device: torch.device
+    ) -> np.ndarray:
+        """image | ground truth | prediction for the validation images ``indices``, with a legend."""
+        transforms = self.eval_transforms()
+        d = self.cfg.data
+        images, targets, predictions = [], [], []
+        for i in indices:
+            image, target = transforms(*dataset[i])
+            logits = model(image[None].to(device))
+            # A valid-padding model predicts the centre only: show the same window of each.
+            image, target = match_target(logits, image), match_target(logits, target)
+            images.append(denormalise(image, d.mean, d.std))
+            predictions.append(logits.argmax(1)[0].cpu())
+            targets.append(target)
+        return prediction_grid(images, targets, predictions, self.palette, classes=self.classes)
+
+    # -- what the commands ask -----------------------------------------------------------------
+    @torch.no_grad()
+    def predict_image(
+        self,
+        model: nn.Module,
+        image: Tensor,
+        device: torch.device,
+        precision: Precision,
+        tta: TTA = NO_TTA,
+    ) -> tuple[Tensor, Tensor]:
+        """Labels for one uint8 3×H×W image, preprocessed exactly as evaluation preprocesses it.
+
+        Returns:
+            ``(labels, probabilities)``: labels H×W at the image's own size (a valid-padding
+            model's centre window, scaled the same way), and the probabilities 1×C×h×w at the
+            size the model saw.
+        """
+        blank = torch.zeros(image.shape[-2:], dtype=torch.int64)
+        x, _ = self.eval_transforms()(image, blank)
+        with precision.autocast():
+            probs = self.predict(model, x[None].to(device), tta)
+        (h, w), (xh, xw) = image.shape[-2:], x.shape[-2:]
+        # A resized run predicts at the resized size: back to the image's size like an upsampled
+        # score map (bilinear, align_corners=False as everywhere), also for a valid-padding window.
+        size = (round(probs.shape[-2] * h / xh), round(probs.shape[-1] * w / xw))
+        full = probs if tuple(probs.shape[-2:]) == size else F.interpolate(
+            probs.float(), size=size, mode="bilinear", align_corners=False
+        )  # fmt: skip
+        return full.argmax(1)[0].cpu(), probs
+
+    def prediction_files(self, stem: str) -> list[str]:
+        return [f"{stem}_label.png", f"{stem}_overlay.png"]
+
+    def write_prediction(
+        self,
+        model: nn.Module,
+        image: Tensor,
+        paths: Sequence[Path],
+        *,
+        device: torch.device,
+        precision: Precision,
+        settings: PredictSettings,
+        image_id: int = 0,
+    ) -> None:
+        """The label PNG (palette colours) and the overlay with a legend, at the image's size."""
+        del image_id
+        label_path, overlay_path = paths
+        label, _ = self.predict_image(model, image, device, precision, settings.tta)
+        save_label_png(label, self.palette, label_path)
+        # A valid-padding model predicts the centre only: overlay that window of the image.
+        rgb = center_crop(image, tuple(label.shape)).permute(1, 2, 0).numpy()
+        picture = overlay(rgb, label, self.palette)
+        save_png(with_legend(picture, self.classes, self.palette), overlay_path)
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+def class_weights_for(cfg: Config, dataset: Any) -> Tensor | None:
+    """``loss.class_weights``: null, a list, or computed from the training labels."""
+    spec = cfg.loss.class_weights
+    if spec is None:
+        return None
+    if isinstance(spec, list):
+        if len(spec) != dataset.num_classes:
+            raise PixelwiseError(
+                f"loss.class_weights has {len(spec)} values but {cfg.data.dataset} has "
+                f"{dataset.num_classes} classes; give one weight per class."
+            )
+        return torch.tensor(spec, dtype=torch.float32)
+    from pixelwise.class_weights import (
+        class_pixel_counts,
+        enet_class_weights,
+        median_frequency_weights_from_counts,
+    )
+
+    counts, image_pixels = class_pixel_counts(dataset)
+    if spec == "median_frequency":
+        return median_frequency_weights_from_counts(counts, image_pixels).float()
+    return enet_class_weights(counts).float()
