@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -346,7 +347,7 @@ def cmd_predict(args) -> int:
             "or choose another --out folder."
         )
     for image_id, (path, paths) in enumerate(zip(images, targets, strict=True)):
-        loaded.write_prediction(read_image(path), paths, settings, image_id=image_id)
+        loaded.write_prediction(read_image(path), paths, replace(settings, image_id=image_id))
         print(f"{path} -> {', '.join(str(p) for p in paths)}")
     return 0
 

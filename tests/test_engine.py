@@ -220,3 +220,29 @@ def test_amp_on_a_cpu_runs_only_where_bf16_is_fast_and_run_json_says_which(
     assert ("no fast bfloat16" in capsys.readouterr().out) is not fast_bf16
     trainer.fit()
     assert json.loads((trainer.run_dir / "run.json").read_text())["run"]["amp"] is fast_bf16
+
+
+@pytest.mark.slow
+def test_the_training_loader_keeps_its_workers_from_epoch_to_epoch(tmp_path, monkeypatch):
+    """One DataLoader per stage, its workers alive across epochs (they used to restart every
+    epoch), and stopped when fit returns."""
+    from pixelwise.engine.train import Trainer
+
+    cfg = tiny_config(tmp_path, iters=9, eval_every=9)  # 12 samples, batch 4: 3 epochs
+    cfg["data"]["num_workers"] = 2
+    trainer = Trainer.from_config(config_from_dict(cfg), progress=False)
+    passes: list[tuple[int, list[int]]] = []
+    original = Trainer._train_loader
+
+    def recording(self, step):
+        loader = original(self, step)
+        iterator = loader._iterator  # the persistent iterator of the previous pass, if any
+        passes.append((id(loader), [w.pid for w in iterator._workers] if iterator else []))
+        return loader
+
+    monkeypatch.setattr(Trainer, "_train_loader", recording)
+    trainer.fit()
+    assert trainer.step == 9 and len(passes) == 3
+    assert len({loader for loader, _ in passes}) == 1  # built once
+    assert passes[0][1] == [] and passes[1][1] == passes[2][1] and len(passes[1][1]) == 2
+    assert trainer._loaders == {}  # closed at the end of fit

@@ -171,7 +171,7 @@ def test_eval_saves_full_size_label_ids_that_the_official_script_finds(tmp_path,
         written = np.asarray(Image.open(ids / matches[0]))
         assert written.shape == (H, W)
         image = read_image(root / "leftImg8bit" / "val" / city / f"{base}_leftImg8bit.png")
-        labels, _ = task.predict_image(loaded.model, image, loaded.device, loaded.precision)
+        labels, _ = task.predict_image(loaded.inference, image)
         expected = np.vectorize(lambda t: LABEL_ID_OF[int(t)])(labels.numpy())
         assert np.array_equal(written, expected)
     assert label_ids_name(Path("a/frankfurt_000000_000294_leftImg8bit.png")) == (

@@ -34,7 +34,7 @@ def test_predict_preprocesses_as_eval_and_answers_at_the_image_size(tmp_path):
     x, _ = task.eval_transforms()(image, torch.zeros(32, 32, dtype=torch.int64))
     assert tuple(x.shape[-2:]) == (24, 20)
     scored = task.predict(loaded.model, x[None], TTA()).argmax(1)[0]
-    labels, probs = task.predict_image(loaded.model, image, loaded.device, loaded.precision)
+    labels, probs = task.predict_image(loaded.inference, image)
     assert torch.equal(probs.argmax(1)[0], scored)
     assert tuple(labels.shape) == (32, 32)
     # The CLI writes the same labels, at the image's own size.

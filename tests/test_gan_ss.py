@@ -16,6 +16,7 @@ from pixelwise.engine.train import Trainer
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
 from pixelwise.models.complexity import count_parameters
+from pixelwise.tasks.base import Update
 from pixelwise.tasks.gan_ss import fake_loss, generator_loss, real_loss, supervised_loss
 from tests.test_engine import tiny_config
 from tests.test_resume import assert_same_tensors
@@ -257,7 +258,7 @@ def test_no_pixel_label_of_an_unlabelled_image_reaches_any_loss(tmp_path, condit
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         inputs, targets = task.to_device(batch, torch.device("cpu"))
-        result = task.train_step(model, optimizer, scaler, inputs, targets, precision=float32())
+        result = task.train_step(model, inputs, targets, Update(optimizer, scaler, float32()))
         return result.terms, model.state_dict()
 
     terms_a, state_a = one_step(1)
@@ -323,10 +324,8 @@ def test_a_wrapped_step_updates_both_players_and_draws_noise_from_seed_step_and_
         later = task._noise(model, 2, (32, 32), torch.device("cpu"), True)
         assert torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], later)
         before = {k: v.clone() for k, v in model.named_parameters()}
-        result = task.train_step(
-            net, optimizer, scaler, torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32).long(),
-            precision=float32(),
-        )  # fmt: skip
+        images, masks = torch.randn(2, 3, 32, 32), torch.zeros(2, 32, 32).long()
+        result = task.train_step(net, images, masks, Update(optimizer, scaler, float32()))
         assert result.stepped and all(math.isfinite(v) for v in result.terms.values())
         for player in ("discriminator.", "generator."):
             assert any(
@@ -355,7 +354,7 @@ def test_generated_batches_leave_the_discriminators_running_statistics_alone(tmp
     real_only(images)  # what the real batch alone does to the statistics
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    task.train_step(model, optimizer, scaler, images, masks, precision=float32())
+    task.train_step(model, images, masks, Update(optimizer, scaler, float32()))
     stats = [
         k for k in model.discriminator.state_dict() if k.endswith(("running_mean", "running_var"))
     ]

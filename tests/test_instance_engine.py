@@ -28,6 +28,7 @@ from pixelwise.engine.train import Trainer
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model
 from pixelwise.tasks import build_task as task_for
+from pixelwise.tasks.base import Inference
 from pixelwise.tasks.instance import (
     InstanceReport,
     InstanceTask,
@@ -229,7 +230,9 @@ def test_predict_maps_detections_of_a_resized_run_back_to_the_image(tmp_path, co
     cfg["data"]["resize"] = [H // 2, W // 2]
     task = task_for(config_from_dict(cfg), 3, ["background", "square", "bar"], [(0, 0, 0)] * 3)
     image = torch.zeros(3, H, W, dtype=torch.uint8)
-    found = task.predict_instances(FixedDetector(), image, torch.device("cpu"), float32())
+    found = task.predict_instances(
+        Inference(FixedDetector(), torch.device("cpu"), float32()), image
+    )
     assert found["boxes"].tolist() == [[8.0, 8.0, 24.0, 24.0]]
     assert found["masks"].shape == (1, 1, H, W)
     assert found["masks"][0, 0, 10, 10] > 0.5 and found["masks"][0, 0, 30, 30] == 0

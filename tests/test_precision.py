@@ -160,3 +160,19 @@ def test_eval_of_a_bf16_run_scores_what_its_validation_reported(tmp_path, monkey
     monkeypatch.setenv(CPU_BF16_VARIABLE, "0")
     fp32 = evaluate_checkpoint(trainer.run_dir / "last.pt", device="cpu")
     assert fp32.metric.matrix.sum() == result.metric.matrix.sum()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("task_name", list(TASK_CONFIGS))
+def test_on_cuda_every_task_trains_in_float16_with_every_player_scaled(tmp_path, task_name):
+    """The real CUDA path: float16 autocast, a GradScaler per optimizer (GAN-SS's generator too,
+    which once trained unscaled), and `eval` of the checkpoint scoring what validation reported."""
+    cfg = TASK_CONFIGS[task_name](tmp_path)
+    cfg["train"].update(amp=True, device="cuda", iters=2, eval_every=2)
+    trainer = Trainer.from_config(config_from_dict(cfg), progress=False)
+    assert trainer.precision.dtype is torch.float16
+    scalers = [trainer.scaler] + [getattr(trainer.task, "g_scaler", trainer.scaler)]
+    assert all(s.is_enabled() for s in scalers)
+    reported = trainer.fit()
+    result = evaluate_checkpoint(trainer.run_dir / "last.pt", device="cuda")
+    assert result.report.score == pytest.approx(reported.score, abs=1e-12)

@@ -194,11 +194,10 @@ def test_the_trainer_weights_the_aux_loss_by_the_config() -> None:
     main, aux = losses(7)
     assert abs(float(aux - main)) > 1e-3  # so that the weight shows
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     for weight in (0.4, 1.0):
         criterion = build_loss("ce", aux_weights=[weight])
         torch.manual_seed(7)
-        value, _ = train_step(model, criterion, optimizer, scaler, x, target, aux=True)
+        value, _ = train_step(model, criterion, optimizer, x, target, aux=True)
         assert value == pytest.approx(float(main + weight * aux), rel=1e-5)
 
 

@@ -1,4 +1,9 @@
-"""Every registered network's function is pinned: fixed weights, fixed input, stored logits.
+"""Every semantic network's function is pinned: fixed weights, fixed input, stored logits.
+
+The networks of the other tasks are pinned where their tests live: DecoupledNet's class and
+figure-ground logits in ``tests/test_decouplednet.py`` (its forward depends on what its classifier
+detects), GAN-SS's discriminator is one of the catalogue networks pinned here, and Mask R-CNN's
+function is torchvision's (pinned by torchvision's own tests).
 
 A parameter count cannot see a refactor that keeps every shape but changes what a network
 computes (a moved crop, a lost dilation, a swapped concatenation). Here each network gets weights

@@ -23,10 +23,9 @@ from torch import Tensor, nn
 from pixelwise.cli import main
 from pixelwise.data.transforms import build_eval_transforms, build_train_transforms
 from pixelwise.engine.loader import collate
-from pixelwise.engine.precision import Precision
 from pixelwise.models.registry import MODELS, register_model
 from pixelwise.tasks import TASKS, register_task
-from pixelwise.tasks.base import PredictSettings, Task
+from pixelwise.tasks.base import Inference, PredictSettings, Task
 from tests.test_engine import tiny_config
 
 
@@ -95,23 +94,14 @@ class ToyTask(Task):
         return [f"{stem}_toy.json"]
 
     def write_prediction(
-        self,
-        model: nn.Module,
-        image: Tensor,
-        paths: Sequence[Path],
-        *,
-        device: torch.device,
-        precision: Precision,
-        settings: PredictSettings,
-        image_id: int = 0,
+        self, net: Inference, image: Tensor, paths: Sequence[Path], settings: PredictSettings
     ) -> None:
         x, _ = self.eval_transforms()(image, torch.zeros(image.shape[-2:], dtype=torch.int64))
-        with precision.autocast():
-            found = self.predict(model, x[None].to(device)).argmax(1).unique().tolist()
+        with net.precision.autocast():
+            found = self.predict(net.model, x[None].to(net.device)).argmax(1).unique().tolist()
         (path,) = paths
-        path.write_text(
-            json.dumps({"image": image_id, "classes": [self.classes[c] for c in found]})
-        )
+        names = [self.classes[c] for c in found]
+        path.write_text(json.dumps({"image": settings.image_id, "classes": names}))
 
     def export_module(self, model: nn.Module) -> nn.Module:
         return model

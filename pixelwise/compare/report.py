@@ -149,12 +149,7 @@ def comparison_picture(
     for entry in entries:
         loaded = entry.loaded
         predictions.append(
-            [
-                loaded.task.predict_image(
-                    loaded.model, dataset[i][0], loaded.device, loaded.precision
-                )[0]
-                for i in indices
-            ]
+            [loaded.task.predict_image(loaded.inference, dataset[i][0])[0] for i in indices]
         )
     names = [entry.result.name for entry in entries]
     return comparison_grid(images, targets, predictions, names, palette, classes=classes)

@@ -24,7 +24,7 @@ from pixelwise.engine.precision import Precision, decide_precision
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model
 from pixelwise.tasks import build_task
-from pixelwise.tasks.base import PredictSettings, Task
+from pixelwise.tasks.base import Inference, PredictSettings, Task
 
 
 @dataclass
@@ -68,19 +68,17 @@ class LoadedModel:
         """The registered network's name."""
         return str(self.meta["model"])
 
+    @property
+    def inference(self) -> Inference:
+        """The network, its device and precision: what a task predicts with."""
+        return Inference(self.model, self.device, self.precision)
+
     def write_prediction(
-        self,
-        image: torch.Tensor,
-        paths: Sequence[Path],
-        settings: PredictSettings | None = None,
-        image_id: int = 0,
+        self, image: torch.Tensor, paths: Sequence[Path], settings: PredictSettings | None = None
     ) -> None:
         """Predict the uint8 3×H×W ``image`` and write the task's files to ``paths``
         (``task.prediction_files(stem)`` in ``--out``)."""
-        self.task.write_prediction(
-            self.model, image, paths, device=self.device, precision=self.precision,
-            settings=settings or PredictSettings(), image_id=image_id,
-        )  # fmt: skip
+        self.task.write_prediction(self.inference, image, paths, settings or PredictSettings())
 
 
 def model_from_meta(

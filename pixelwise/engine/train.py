@@ -34,7 +34,7 @@ from pixelwise.engine.precision import Precision, float32
 from pixelwise.engine.run import Run, build_run
 from pixelwise.engine.rundir import StopRequest, write_run_json
 from pixelwise.errors import PixelwiseError
-from pixelwise.tasks.base import Report
+from pixelwise.tasks.base import Report, Update
 from pixelwise.tasks.semantic import SemanticTask
 from pixelwise.viz import save_png, spread_indices
 
@@ -47,20 +47,17 @@ def train_step(
     model: nn.Module,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
     images: Tensor,
     targets: Tensor,
     *,
     aux: bool,
     precision: Precision | None = None,
-    skip_nonfinite: bool = False,
 ) -> tuple[float, bool]:
     """One semantic step with a given criterion, outside a Trainer (the task's step, for tests and
     notebooks); returns the loss and whether the optimizer stepped."""
-    result = _CriterionTask(criterion, aux).train_step(
-        model, optimizer, scaler, images, targets,
-        precision=precision or float32(images.device), skip_nonfinite=skip_nonfinite,
-    )  # fmt: skip
+    precision = precision or float32(images.device)
+    update = Update(optimizer, precision.grad_scaler(), precision)
+    result = _CriterionTask(criterion, aux).train_step(model, images, targets, update)
     return result.loss, result.stepped
 
 
@@ -271,10 +268,8 @@ class Trainer:
                     )
                     skip = self.cfg.train.skip_nonfinite
                     self.task.step = self.step
-                    result = self.task.train_step(
-                        self.net, self.optimizer, self.scaler, inputs, targets,
-                        precision=self.precision, skip_nonfinite=skip,
-                    )  # fmt: skip
+                    update = Update(self.optimizer, self.scaler, self.precision, skip)
+                    result = self.task.train_step(self.net, inputs, targets, update)
                     loss, stepped = result.loss, result.stepped
                     if not stepped and not skip:
                         raise PixelwiseError(

@@ -46,11 +46,32 @@ NO_TTA = TTA()
 
 @dataclass(frozen=True)
 class PredictSettings:
-    """What ``pixelwise predict`` asks of every image: test-time augmentation, and for tasks that
-    detect instances the score below which a detection is left out."""
+    """What ``pixelwise predict`` asks of an image: test-time augmentation, for tasks that detect
+    instances the score below which a detection is left out, and the image's id in results files."""
 
     tta: TTA = NO_TTA
     score_threshold: float = 0.5
+    image_id: int = 0
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A network ready to predict: eval mode on ``device``, its forwards under ``precision``."""
+
+    model: nn.Module
+    device: torch.device
+    precision: Precision
+
+
+@dataclass
+class Update:
+    """How a training step updates: ``optimizer`` and its GradScaler, the forward's precision,
+    and whether a batch whose loss or gradients are not finite is skipped rather than fatal."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    skip_nonfinite: bool = False
 
 
 @dataclass
@@ -159,6 +180,7 @@ class Task:
         self.classes = list(classes)
         self.palette = [tuple(c) for c in palette]
         self.category_ids = [int(i) for i in category_ids]
+        self.check_config()
         self.criterion: nn.Module | None = None
         # The Trainer's iteration (0-based) of the step about to run, set before each step.
         self.step = 0
@@ -171,6 +193,9 @@ class Task:
                 f"networks trained in stages: {', '.join(staged_networks())}. Remove it from the "
                 "config."
             )
+
+    def check_config(self) -> None:
+        """Refuse, in one sentence, settings that would do nothing for this task."""
 
     # -- stages --------------------------------------------------------------------------------
     def stage_starts(self, total_iters: int) -> list[int]:
@@ -237,27 +262,19 @@ class Task:
         """The loss to minimise and its named parts."""
         raise NotImplementedError
 
-    def train_step(
-        self,
-        net: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-        inputs: Any,
-        targets: Any,
-        *,
-        precision: Precision,
-        skip_nonfinite: bool = False,
-    ) -> StepResult:
-        """One forward (under ``precision``), backward and update (see :func:`finish_update`)."""
-        with precision.autocast():
+    def train_step(self, net: nn.Module, inputs: Any, targets: Any, update: Update) -> StepResult:
+        """One forward (under ``update.precision``), backward and update (:func:`finish_update`)."""
+        with update.precision.autocast():
             loss, terms = self.loss(net, inputs, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        update.optimizer.zero_grad(set_to_none=True)
+        update.scaler.scale(loss).backward()
         for parameter in self.frozen_parameters(net):
             parameter.grad = None  # the optimizer skips it, weight decay and momentum included
         value = float(loss.detach())
         named = {k: float(v.detach()) for k, v in terms.items()}
-        stepped = finish_update(value, optimizer, scaler, skip_nonfinite=skip_nonfinite)
+        stepped = finish_update(
+            value, update.optimizer, update.scaler, skip_nonfinite=update.skip_nonfinite
+        )
         return StepResult(value, named, stepped)
 
     def state_dict(self) -> dict[str, Any]:
@@ -287,15 +304,7 @@ class Task:
         raise NotImplementedError
 
     def write_prediction(
-        self,
-        model: nn.Module,
-        image: Tensor,
-        paths: Sequence[Path],
-        *,
-        device: torch.device,
-        precision: Precision,
-        settings: PredictSettings,
-        image_id: int = 0,
+        self, net: Inference, image: Tensor, paths: Sequence[Path], settings: PredictSettings
     ) -> None:
         """Predict the uint8 3×H×W ``image`` and write :meth:`prediction_files` to ``paths``."""
         raise NotImplementedError

@@ -28,7 +28,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelwise.config import Config
 from pixelwise.data.base import IGNORE_INDEX
 from pixelwise.data.subset import (
     Balanced,
@@ -42,7 +41,7 @@ from pixelwise.engine.schedule import build_optimizer
 from pixelwise.errors import PixelwiseError
 from pixelwise.models.gan_ss import GANSS
 from pixelwise.tasks import register_task
-from pixelwise.tasks.base import StepResult, finish_update
+from pixelwise.tasks.base import StepResult, Update, finish_update
 from pixelwise.tasks.semantic import SemanticTask, class_weights_for
 
 
@@ -190,16 +189,9 @@ class GANSSTask(SemanticTask):
         "it trains two players in turn, and pixelwise bench times one network's forward and update"
     )
 
-    def __init__(
-        self,
-        config: Config,
-        num_classes: int,
-        classes: Sequence[str],
-        palette: Sequence,
-        *,
-        category_ids: Sequence[int] = (),
-    ) -> None:
-        super().__init__(config, num_classes, classes, palette, category_ids=category_ids)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        config = self.cfg
         self.g_optimizer: torch.optim.Optimizer | None = None
         self.class_weights: Tensor | None = None
         self.g_scaler: torch.amp.GradScaler | None = None
@@ -267,19 +259,10 @@ class GANSSTask(SemanticTask):
         }
         return sum(terms.values()), terms
 
-    def train_step(
-        self,
-        net: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-        inputs: Any,
-        targets: Any,
-        *,
-        precision: Precision,
-        skip_nonfinite: bool = False,
-    ) -> StepResult:
+    def train_step(self, net: nn.Module, inputs: Any, targets: Any, update: Update) -> StepResult:
         """One update of D, then one of G (see the class docstring)."""
         assert self.g_optimizer is not None and self.g_scaler is not None, "setup() first"
+        optimizer, scaler, precision = update.optimizer, update.scaler, update.precision
         distributed = isinstance(net, nn.parallel.DistributedDataParallel)
         gan: GANSS = unwrap(net)
         device = inputs.device
@@ -307,7 +290,7 @@ class GANSSTask(SemanticTask):
         value = float(d_loss.detach())
         if distributed:
             value = float(average_gradients(list(gan.discriminator.parameters()), d_loss))
-        if not finish_update(value, optimizer, scaler, skip_nonfinite=skip_nonfinite):
+        if not finish_update(value, optimizer, scaler, skip_nonfinite=update.skip_nonfinite):
             return StepResult(value, named, False)
 
         # G: through the updated D, towards pixels D takes for any real class.

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelwise.config import Config
 from pixelwise.data.transforms import (
     build_instance_eval_transforms,
     build_instance_train_transforms,
@@ -43,7 +42,7 @@ from pixelwise.instance_metrics import (
 )
 from pixelwise.metrics import ConfusionMatrix, format_scores
 from pixelwise.tasks import register_task
-from pixelwise.tasks.base import NO_TTA, TTA, PredictSettings, Task
+from pixelwise.tasks.base import NO_TTA, TTA, Inference, PredictSettings, Task
 from pixelwise.tasks.semantic import SemanticReport
 from pixelwise.viz import denormalise, save_label_png, save_png, with_legend
 
@@ -151,21 +150,9 @@ class InstanceTask(Task):
         "that return per-pixel logits"
     )
 
-    def __init__(
-        self,
-        config: Config,
-        num_classes: int,
-        classes: Sequence[str],
-        palette: Sequence,
-        *,
-        category_ids: Sequence[int] = (),
-    ) -> None:
-        super().__init__(config, num_classes, classes, palette, category_ids=category_ids)
-        self._check_config(config)
-
-    @staticmethod
-    def _check_config(config: Config) -> None:
+    def check_config(self) -> None:
         """Semantic-only settings would silently do nothing here: refuse them."""
+        config = self.cfg
         name = config.model.name
         unused = {
             "data.crop_size": config.data.crop_size is not None,
@@ -284,20 +271,15 @@ class InstanceTask(Task):
     # -- what the commands ask -----------------------------------------------------------------
     @torch.no_grad()
     def predict_instances(
-        self,
-        model: nn.Module,
-        image: Tensor,
-        device: torch.device,
-        precision: Precision,
-        tta: TTA = NO_TTA,
+        self, net: Inference, image: Tensor, tta: TTA = NO_TTA
     ) -> dict[str, Tensor]:
         """Detections for one uint8 3xHxW image, preprocessed as evaluation preprocesses it, at
         the image's own size (boxes scaled and masks resized bilinearly back when
         ``data.resize`` is set)."""
         height, width = image.shape[-2:]
         x, _ = self.eval_transforms()(image, empty_target(height, width))
-        with precision.autocast():
-            found = _cpu(self.predict(model, [x.to(device)], tta)[0])
+        with net.precision.autocast():
+            found = _cpu(self.predict(net.model, [x.to(net.device)], tta)[0])
         xh, xw = x.shape[-2:]
         if (xh, xw) != (height, width):
             scale = torch.tensor([width / xw, height / xh, width / xw, height / xh])
@@ -315,22 +297,14 @@ class InstanceTask(Task):
         return [f"{stem}_overlay.png", f"{stem}_label.png", f"{stem}_detections.json"]
 
     def write_prediction(
-        self,
-        model: nn.Module,
-        image: Tensor,
-        paths: Sequence[Path],
-        *,
-        device: torch.device,
-        precision: Precision,
-        settings: PredictSettings,
-        image_id: int = 0,
+        self, net: Inference, image: Tensor, paths: Sequence[Path], settings: PredictSettings
     ) -> None:
         """``<name>_overlay.png`` (instances drawn), ``<name>_label.png`` (the painted class map)
         and ``<name>_detections.json`` (COCO results: ``image_id`` as given, ``category_id`` the
         dataset's id of each label)."""
         overlay_path, label_path, json_path = paths
         threshold = settings.score_threshold
-        found = self.predict_instances(model, image, device, precision, settings.tta)
+        found = self.predict_instances(net, image, settings.tta)
         rgb = image.permute(1, 2, 0).numpy()
         drawn = draw_instances(rgb, found, self.classes, self.palette, score_threshold=threshold)
         save_png(with_legend(drawn, self.classes, self.palette), overlay_path)
@@ -341,7 +315,7 @@ class InstanceTask(Task):
         save_label_png(painted, self.palette, label_path)
         category_ids = self.category_ids or category_ids_of(self.cfg.data.dataset, self.num_classes)
         results = detections_to_coco_results(
-            found, image_id, category_ids, score_threshold=threshold
+            found, settings.image_id, category_ids, score_threshold=threshold
         )
         json_path.write_text(json.dumps(results) + "\n")
 

@@ -29,7 +29,7 @@ from pixelwise.losses import build_loss, match_target
 from pixelwise.metrics import ConfusionMatrix, Scores, format_scores
 from pixelwise.models.layers import center_crop
 from pixelwise.tasks import register_task
-from pixelwise.tasks.base import NO_TTA, TTA, PredictSettings, Task
+from pixelwise.tasks.base import NO_TTA, TTA, Inference, PredictSettings, Task
 from pixelwise.viz import (
     denormalise,
     overlay,
@@ -159,12 +159,7 @@ class SemanticTask(Task):
     # -- what the commands ask -----------------------------------------------------------------
     @torch.no_grad()
     def predict_image(
-        self,
-        model: nn.Module,
-        image: Tensor,
-        device: torch.device,
-        precision: Precision,
-        tta: TTA = NO_TTA,
+        self, net: Inference, image: Tensor, tta: TTA = NO_TTA
     ) -> tuple[Tensor, Tensor]:
         """Labels for one uint8 3×H×W image, preprocessed exactly as evaluation preprocesses it.
 
@@ -175,8 +170,8 @@ class SemanticTask(Task):
         """
         blank = torch.zeros(image.shape[-2:], dtype=torch.int64)
         x, _ = self.eval_transforms()(image, blank)
-        with precision.autocast():
-            probs = self.predict(model, x[None].to(device), tta)
+        with net.precision.autocast():
+            probs = self.predict(net.model, x[None].to(net.device), tta)
         (h, w), (xh, xw) = image.shape[-2:], x.shape[-2:]
         # A resized run predicts at the resized size: back to the image's size like an upsampled
         # score map (bilinear, align_corners=False as everywhere), also for a valid-padding window.
@@ -190,20 +185,11 @@ class SemanticTask(Task):
         return [f"{stem}_label.png", f"{stem}_overlay.png"]
 
     def write_prediction(
-        self,
-        model: nn.Module,
-        image: Tensor,
-        paths: Sequence[Path],
-        *,
-        device: torch.device,
-        precision: Precision,
-        settings: PredictSettings,
-        image_id: int = 0,
+        self, net: Inference, image: Tensor, paths: Sequence[Path], settings: PredictSettings
     ) -> None:
         """The label PNG (palette colours) and the overlay with a legend, at the image's size."""
-        del image_id
         label_path, overlay_path = paths
-        label, _ = self.predict_image(model, image, device, precision, settings.tta)
+        label, _ = self.predict_image(net, image, settings.tta)
         save_label_png(label, self.palette, label_path)
         # A valid-padding model predicts the centre only: overlay that window of the image.
         rgb = center_crop(image, tuple(label.shape)).permute(1, 2, 0).numpy()
