@@ -249,6 +249,7 @@ def _run_training(config, resume: str | None) -> int:
             f"{trainer.device}; writing {trainer.run_dir}"
         )
     scores = trainer.fit()
+    trainer.close()  # under torchrun: leave the process group before the process exits
     if not trainer.dist.is_main:
         return 0
     if trainer.interrupted:

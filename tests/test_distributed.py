@@ -111,7 +111,7 @@ shards = [None, None]
 dist.all_gather_object(shards, second)
 if dist.get_rank() == 0:
     print("STAGED", json.dumps({"labelled": labelled, "shards": shards, "step": trainer.step}))
-dist.destroy_process_group()
+trainer.close()  # leaves the process group: its gloo threads end before Python does
 """
 
 
@@ -146,7 +146,7 @@ found = [None, None]
 dist.all_gather_object(found, {"weights": weights, "noise": noise.flatten()[:4].tolist()})
 if dist.get_rank() == 0:
     print("GAN", json.dumps({"ranks": found, "step": trainer.step}))
-dist.destroy_process_group()
+trainer.close()  # leaves the process group: its gloo threads end before Python does
 """
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from pixelwise.config import Config, dump_config
 from pixelwise.engine.checkpoint import capture_rng, first_nonfinite, save_checkpoint
-from pixelwise.engine.distributed import unwrap
+from pixelwise.engine.distributed import leave_process_group, unwrap
 from pixelwise.engine.evaluate import Evaluator
 from pixelwise.engine.loader import EpochBatchSampler, close_loader, make_loader
 from pixelwise.engine.precision import Precision, float32
@@ -320,6 +320,14 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         return last_scores
+
+    def close(self) -> None:
+        """Let go of DistributedDataParallel and, when this run joined the process group, leave it
+        (:func:`~pixelwise.engine.distributed.leave_process_group`): the last call of a process
+        under ``torchrun``, after the run's last collective."""
+        self.net = self.run.net = self.model
+        if self.dist.owns_group:
+            leave_process_group()
 
     def images_per_second(self, seen: int, since: float) -> float:
         """Training throughput since ``since``, leaving out the time spent evaluating."""
