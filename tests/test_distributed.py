@@ -134,7 +134,7 @@ def test_decouplednet_stages_under_ddp_draw_the_labelled_images_split_between_pr
 
 
 _GAN_SCRIPT = """
-import json, sys
+import json, os, sys
 import torch.distributed as dist
 from pixelwise.config import config_from_dict
 from pixelwise.engine.train import Trainer
@@ -147,6 +147,15 @@ dist.all_gather_object(found, {"weights": weights, "noise": noise.flatten()[:4].
 if dist.get_rank() == 0:
     print("GAN", json.dumps({"ranks": found, "step": trainer.step}))
 trainer.close()  # leaves the process group: its gloo threads end before Python does
+# Were the group still held (by DDP or anything else), its worker threads would outlive close()
+# and now and then crash the exit (SIGABRT); fail here, every time, instead.
+left = []
+for tid in os.listdir("/proc/self/task"):
+    try:
+        left += [n for n in [open(f"/proc/self/task/{tid}/comm").read().strip()] if "gloo" in n]
+    except OSError:  # a thread that ended meanwhile
+        pass
+assert not left, f"gloo threads outlive Trainer.close(): {left}"
 """
 
 

@@ -363,3 +363,25 @@ def test_generated_batches_leave_the_discriminators_running_statistics_alone(tmp
         assert torch.equal(
             model.discriminator.state_dict()[key], real_only.discriminator.state_dict()[key]
         ), key
+
+
+@pytest.mark.slow
+def test_a_gan_ss_checkpoint_exports_its_discriminators_class_logits(tmp_path, one_thread):
+    """Its task is a semantic one: export traces the K-class discriminator, checked against torch."""
+    import yaml
+
+    from pixelwise.cli import main
+    from pixelwise.export import read_metadata
+
+    cfg = gan_config(tmp_path / "runs", iters=1, eval_every=1)
+    config = tmp_path / "gan.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(config)]) == 0
+    out = tmp_path / "gan.pt"
+    checkpoint = tmp_path / "runs" / "tiny_gan" / "last.pt"
+    argv = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--format", "torchscript"]
+    assert main(argv) == 0
+    meta = read_metadata(out)
+    assert meta["model"] == "gan_ss" and meta["num_classes"] == len(meta["classes"])
+    module = torch.jit.load(str(out))
+    assert module(torch.randn(1, 3, 32, 32)).shape == (1, meta["num_classes"], 32, 32)
