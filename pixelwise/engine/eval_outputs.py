@@ -37,11 +37,10 @@ from torch import Tensor, nn
 from pixelwise.data import dataset_class
 from pixelwise.engine.evaluate import EvalResult, Evaluator, split_dataset
 from pixelwise.engine.model_io import LoadedModel
-from pixelwise.engine.precision import Precision
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import match_target
 from pixelwise.metrics import scores_from_matrix
-from pixelwise.tasks.base import NO_TTA, TTA, Task
+from pixelwise.tasks.base import NO_TTA, TTA, Inference, Task
 from pixelwise.viz import (
     denormalise,
     plot_confusion,
@@ -187,36 +186,26 @@ def write_overlays(
     """``overlay-<index>.png`` for each of ``indices``: the prediction as evaluation made it."""
     written = []
     for index in indices:
-        picture = overlay_picture(
-            loaded.task, loaded.model, result.dataset, index, loaded.device, tta, loaded.precision
-        )
+        picture = overlay_picture(loaded.task, loaded.inference, result.dataset, index, tta)
         name = f"overlay-{index}.png"
         save_png(picture, folder / name)
         written.append({"file": name, "index": index, "image": _sample_name(result.dataset, index)})
     return written
 
 
-def overlay_picture(
-    task: Task,
-    model: nn.Module,
-    dataset: Any,
-    index: int,
-    device: torch.device,
-    tta: TTA,
-    precision: Precision,
-) -> np.ndarray:
+def overlay_picture(task: Task, net: Inference, dataset: Any, index: int, tta: TTA) -> np.ndarray:
     """image | ground truth | prediction of one sample, with a legend.
 
     A task whose prediction is a class-score map (N×C×H×W) gets the same preprocessing and
     test-time augmentation as the evaluation; any other task draws its own picture.
     """
     image, target = task.eval_transforms()(*dataset[index])
-    inputs, targets = task.to_device(task.collate([(image, target)]), device)
-    with precision.autocast():
-        outputs = task.predict(model, inputs, tta)
+    inputs, targets = task.to_device(task.collate([(image, target)]), net.device, net.channels_last)
+    with net.precision.autocast():
+        outputs = task.predict(net.model, inputs, tta)
     if not (isinstance(outputs, Tensor) and outputs.ndim == 4 and isinstance(targets, Tensor)):
-        with precision.autocast():
-            return task.picture(model, dataset, [index], device)
+        with net.precision.autocast():
+            return task.picture(net.model, dataset, [index], net.device)
     # A valid-padding model predicts the centre only: show the same window of each.
     shown = match_target(outputs, inputs)[0]
     truth = match_target(outputs, targets)[0].cpu()

@@ -132,7 +132,10 @@ class Evaluator:
 
     def run_loaded(self, loaded: LoadedModel) -> EvalResult:
         """Score a loaded checkpoint in the precision its run validated in."""
-        return self.run(loaded.model, loaded.device, precision=loaded.precision)
+        return self.run(
+            loaded.model, loaded.device, precision=loaded.precision,
+            channels_last=loaded.channels_last,
+        )  # fmt: skip
 
 
 def evaluate_checkpoint(

@@ -40,6 +40,8 @@ class LoadedModel:
         task: the network's task, which preprocesses, predicts, scores and writes.
         precision: the run's ``train.amp`` as decided on ``device``: the precision the run's
             validation scored in, so an evaluation here scores what training reported.
+        channels_last: the run's ``train.channels_last``: the model and its inputs in the memory
+            layout its validation used (under bf16 the layout changes the rounding).
     """
 
     model: nn.Module
@@ -49,6 +51,7 @@ class LoadedModel:
     source: str
     task: Task
     precision: Precision
+    channels_last: bool = False
 
     @property
     def classes(self) -> list[str]:
@@ -71,7 +74,7 @@ class LoadedModel:
     @property
     def inference(self) -> Inference:
         """The network, its device and precision: what a task predicts with."""
-        return Inference(self.model, self.device, self.precision)
+        return Inference(self.model, self.device, self.precision, self.channels_last)
 
     def write_prediction(
         self, image: torch.Tensor, paths: Sequence[Path], settings: PredictSettings | None = None
@@ -117,4 +120,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "auto") -> L
         category_ids=meta.get("category_ids", ()),
     )  # fmt: skip
     precision = decide_precision(config.train.amp, device)
-    return LoadedModel(model, meta, config, device, source, task, precision)
+    channels_last = bool(config.train.channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return LoadedModel(model, meta, config, device, source, task, precision, channels_last)

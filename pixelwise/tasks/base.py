@@ -56,11 +56,19 @@ class PredictSettings:
 
 @dataclass(frozen=True)
 class Inference:
-    """A network ready to predict: eval mode on ``device``, its forwards under ``precision``."""
+    """A network ready to predict: eval mode on ``device``, its forwards under ``precision``, its
+    inputs in the memory layout the run used (``channels_last``: under bf16/fp16 the layout picks
+    other kernels, whose rounding can flip a pixel's class)."""
 
     model: nn.Module
     device: torch.device
     precision: Precision
+    channels_last: bool = False
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """A preprocessed batch on the device, in the run's memory layout."""
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 @dataclass

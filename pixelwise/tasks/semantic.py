@@ -171,7 +171,7 @@ class SemanticTask(Task):
         blank = torch.zeros(image.shape[-2:], dtype=torch.int64)
         x, _ = self.eval_transforms()(image, blank)
         with net.precision.autocast():
-            probs = self.predict(net.model, x[None].to(net.device), tta)
+            probs = self.predict(net.model, net.inputs(x[None]), tta)
         (h, w), (xh, xw) = image.shape[-2:], x.shape[-2:]
         # A resized run predicts at the resized size: back to the image's size like an upsampled
         # score map (bilinear, align_corners=False as everywhere), also for a valid-padding window.
