@@ -6,7 +6,7 @@ NIPS 2015, arXiv:1506.04924.
 Reference code followed: HyeonwooNoh/DecoupledNet, ``model/*/DecoupledNet_*_inference_deploy.prototxt``,
 ``training/00*_*/*.prototxt`` with ``gen_fp_bp_model.py`` (the frozen back-propagation path) and
 ``inference/DecoupledNet_inference.m`` (how the per-class maps are combined); read layer by layer in
-../shared/REFERENCE.md part C. The released nets run at 320x320 (pool5 10x10, score map 4x4):
+docs/models.md. The released nets run at 320x320 (pool5 10x10, score map 4x4):
 
 - Classification network: VGG16 ``conv1_1 .. pool5`` (2x2/2 max pools whose argmax the decoder
   keeps), ``fc6`` 7x7 conv 512->4096 without padding + ReLU, ``fc7`` 1x1 4096->4096 + ReLU,

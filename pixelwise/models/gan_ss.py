@@ -3,7 +3,7 @@
 Paper: Souly, Spampinato, Shah, "Semi and Weakly Supervised Semantic Segmentation Using Generative
 Adversarial Network", ICCV 2017, arXiv:1703.09695.
 
-What the paper fixes (its abstract; ../shared/REFERENCE.md part C): the discriminator labels every
+What the paper fixes (its abstract; docs/models.md): the discriminator labels every
 pixel with one of K classes or "fake" (K+1 outputs); a generator supplies fake images; the
 discriminator learns from labelled pixels, unlabelled real images and generated images; the weakly
 supervised variant gives the generator class-level information. Its architectures, losses and

@@ -21,7 +21,7 @@ trainable version of the same net) for the training-time parts (auxiliary head, 
   recipes weight its loss by 0.4 (``loss.aux_weights: [0.4]``).
 
 With 150 classes and no auxiliary head ``pspnet50`` has 46.78M parameters and ``pspnet101`` with
-21 classes 65.71M, the counts of the released prototxts (../shared/REFERENCE.md part A).
+21 classes 65.71M, the counts of the released prototxts (docs/models.md).
 
 Deviations and choices:
 
