@@ -70,6 +70,11 @@ class _CriterionTask(SemanticTask):
         return self.criterion(output, targets), {}
 
 
+def _part(name: str) -> property:
+    """A read-only attribute of the Trainer that is the built run's ``name``."""
+    return property(lambda self: getattr(self.run, name), doc=f"The run's ``{name}``.")
+
+
 class Trainer:
     """The loop over a built :class:`~pixelwise.engine.run.Run`. ``fit()`` trains and returns the
     last scores; :meth:`from_config` builds the run and the trainer in one call.
@@ -79,17 +84,20 @@ class Trainer:
         progress: show tqdm bars (default: only on a terminal).
     """
 
+    # The built parts are the run's, read through (one copy of each, never a second one here).
+    cfg = _part("config")
+    dist, device, task = _part("dist"), _part("device"), _part("task")
+    train_set, val_set = _part("train_set"), _part("val_set")
+    classes, num_classes = _part("classes"), _part("num_classes")
+    model, net = _part("model"), _part("net")
+    optimizer, scheduler = _part("optimizer"), _part("scheduler")
+    precision, scaler = _part("precision"), _part("scaler")
+    iters_per_epoch, total_iters = _part("iters_per_epoch"), _part("total_iters")
+    stage_starts, stage_streams = _part("stage_starts"), _part("stage_streams")
+    run_dir, run_info = _part("run_dir"), _part("run_info")
+
     def __init__(self, run: Run, *, progress: bool | None = None) -> None:
         self.run = run
-        self.cfg, self.dist, self.device = run.config, run.dist, run.device
-        self.train_set, self.val_set = run.train_set, run.val_set
-        self.classes, self.num_classes, self.task = run.classes, run.num_classes, run.task
-        self.model, self.net = run.model, run.net
-        self.optimizer, self.scheduler = run.optimizer, run.scheduler
-        self.precision, self.scaler = run.precision, run.scaler
-        self.iters_per_epoch, self.total_iters = run.iters_per_epoch, run.total_iters
-        self.stage_starts, self.stage_streams = run.stage_starts, run.stage_streams
-        self.run_dir, self.run_info = run.run_dir, run.run_info
         self.step, self.best_score = run.step, run.best_score
         self.progress = progress
         # The step of the last checkpoint written (all finite); a resumed run's is its start.
@@ -325,7 +333,7 @@ class Trainer:
         """Let go of DistributedDataParallel and, when this run joined the process group, leave it
         (:func:`~pixelwise.engine.distributed.leave_process_group`): the last call of a process
         under ``torchrun``, after the run's last collective."""
-        self.net = self.run.net = self.model
+        self.run.net = self.run.model
         if self.dist.owns_group:
             leave_process_group()
 
