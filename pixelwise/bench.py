@@ -45,6 +45,7 @@ from pixelwise.engine.precision import Precision, cpu_has_fast_bf16, decide_prec
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model, model_info
 from pixelwise.models.complexity import count_flops, count_parameters
+from pixelwise.outputs import write_text
 
 CPU_MEMORY = "peak RSS growth (sampled /proc/self/statm, after malloc_trim)"
 CUDA_MEMORY = "torch.cuda.max_memory_allocated above the allocation before the network"
@@ -502,6 +503,4 @@ def bench_report(
 
 def write_report(path: Path, report: dict[str, object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(report, indent=2) + "\n")

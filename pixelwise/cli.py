@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix picture")
     ev.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
     ev.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --json or --confusion file"
+    )
+    ev.add_argument(
         "--out", metavar="DIR",
         help="where this evaluation's folder goes (default: the checkpoint's folder): a new "
         "eval-<split>[-N]/ each time, with eval.json, per_class.csv, confusion.png and overlays",
@@ -83,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     export.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export.add_argument(
         "--size", type=int, nargs=2, metavar=("H", "W"),
         help="size to trace at (default: the run's data.resize, else crop size); H and W stay dynamic",
@@ -109,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     bench.add_argument(
         "overrides", nargs="*", metavar="network.option=value",
         help="a network's build option, e.g. unet.padding=same",
@@ -268,12 +273,12 @@ def _run_training(config, resume: str | None) -> int:
     return 0
 
 
-def _output_file(path: Path, flag: str, example: str) -> Path:
-    """Check early that ``path`` can be written (its folder is created), so no work is lost."""
-    if path.is_dir():
-        raise PixelwiseError(f"{flag} {path} is a folder; give a file name, e.g. {path / example}.")
-    _output_folder(path.parent, f"{flag} {path}: the folder")
-    return path
+def _output_file(path: Path, flag: str, example: str, overwrite: bool) -> Path:
+    """Check early that ``path`` may be written (not a folder; an existing file only with
+    ``--overwrite``; its folder created), so no work is done for nothing."""
+    from pixelwise.outputs import claim_output
+
+    return claim_output(path, flag, overwrite=overwrite, example=example)
 
 
 def _tta(args):
@@ -292,6 +297,7 @@ def cmd_eval(args) -> int:
         write_eval_outputs,
     )
     from pixelwise.engine.model_io import load_model
+    from pixelwise.outputs import write_text
     from pixelwise.viz import plot_confusion
 
     tta = _tta(args)
@@ -300,7 +306,7 @@ def cmd_eval(args) -> int:
         ("--json", args.json, "scores.json"),
     ):
         if name:
-            _output_file(Path(name), flag, example)
+            _output_file(Path(name), flag, example, args.overwrite)
     loaded = load_model(args.checkpoint, args.device)
     out = _output_folder(Path(args.out) if args.out else Path(args.checkpoint).parent, "--out")
     label_ids = None
@@ -316,7 +322,7 @@ def cmd_eval(args) -> int:
     if args.confusion and hasattr(result.metric, "matrix"):
         plot_confusion(result.metric.matrix, loaded.classes, Path(args.confusion))
     if args.json:
-        Path(args.json).write_text(json.dumps(json_safe(result.report.as_dict()), indent=2))
+        write_text(Path(args.json), json.dumps(json_safe(result.report.as_dict()), indent=2) + "\n")
     folder = write_eval_outputs(result, loaded, out, tta=tta, label_ids=label_ids)
     print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
     if label_ids is not None:
@@ -440,7 +446,9 @@ def cmd_bench(args) -> int:
                 f"Option {key}={value} names no network; write network.option=value, "
                 "e.g. unet.padding=same."
             )
-    json_path = _output_file(Path(args.json), "--json", "bench.json") if args.json else None
+    json_path = (
+        _output_file(Path(args.json), "--json", "bench.json", args.overwrite) if args.json else None
+    )
     settings = BenchSettings(
         size=(args.size[0], args.size[1]), batch=args.batch, device=args.device, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, num_classes=args.classes,
@@ -539,7 +547,7 @@ def cmd_export(args) -> int:
     from pixelwise.export import export_checkpoint
 
     example = "model.onnx" if args.format == "onnx" else "model.pt"
-    out = _output_file(Path(args.out), "--out", example)
+    out = _output_file(Path(args.out), "--out", example, args.overwrite)
     report = export_checkpoint(args.checkpoint, out, args.format, size=args.size, opset=args.opset)
     h, w = report.size
     print(

@@ -15,6 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from pixelwise.errors import PixelwiseError
+from pixelwise.outputs import write_text
 from pixelwise.values import TypeMismatch, coerce, describe
 
 
@@ -343,4 +344,4 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
 
 
 def dump_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

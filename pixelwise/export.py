@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import io
 import json
 import os
 import re
@@ -62,6 +63,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from pixelwise.errors import PixelwiseError
+from pixelwise.outputs import write_bytes
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
@@ -292,21 +294,22 @@ def export_model(
             "so move it there first (model.cpu())."
         )
     metadata = dict(metadata or {})
-    tmp = out.with_name(out.name + ".tmp")
     was_training = model.training
     net = _Logits(model).eval()
     try:
         example = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
         start = time.perf_counter()
         try:
-            _write(net, example, tmp, fmt, opset, metadata)
+            # Serialised in memory: nothing touches the disk until the file passed its check,
+            # and a full disk cannot abort the exporter half-way through a file.
+            data = _serialise(net, example, fmt, opset, metadata)
         except PixelwiseError:
             raise
         except Exception as error:  # the exporters raise many types; each becomes one sentence
             raise PixelwiseError(_cannot_export(name, fmt, error)) from None
         seconds = time.perf_counter() - start
         x, expected = _reference(net, candidates, name, size)
-        difference, own = _difference(net, tmp, fmt, x, expected, name, size)
+        difference, own = _difference(net, data, fmt, x, expected, name, size)
         if not difference <= max(TOLERANCE, 2 * (own or 0.0)):
             raise PixelwiseError(
                 f"The {fmt} export of {name} gives logits that differ from PyTorch's by up to "
@@ -315,10 +318,9 @@ def export_model(
                 f"{own:.2g} from float64 PyTorch there, and the file may differ by twice that), "
                 f"so {out} was not written."
             )
-        os.replace(tmp, out)
+        write_bytes(out, data)
     finally:
         model.train(was_training)
-        tmp.unlink(missing_ok=True)
     return ExportReport(out, fmt, size, tuple(x.shape), difference, seconds, own)
 
 
@@ -359,9 +361,7 @@ def _shape(x: Tensor) -> str:
     return "x".join(str(s) for s in x.shape)
 
 
-def _write(
-    net: nn.Module, example: Tensor, path: Path, fmt: str, opset: int, metadata: dict
-) -> None:
+def _serialise(net: nn.Module, example: Tensor, fmt: str, opset: int, metadata: dict) -> bytes:
     # The exporters warn about every traced size computation (that is what keeps the graph
     # dynamic) and about their own deprecation; the check after export is what tells the user.
     quiet = _quiet_console() if fmt == "onnx" else contextlib.nullcontext()
@@ -374,13 +374,15 @@ def _write(
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
             traced = torch.jit.trace(net, example, check_trace=False)
-            torch.jit.save(traced, str(path), _extra_files={EXTRA_FILE: json.dumps(metadata)})
-            return
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(metadata)})
+            return buffer.getvalue()
         dims = {0: "batch", 2: "height", 3: "width"}
+        buffer = io.BytesIO()
         torch.onnx.export(
             net,
             (example,),
-            str(path),
+            buffer,
             dynamo=False,
             opset_version=opset,
             input_names=["image"],
@@ -389,29 +391,29 @@ def _write(
         )
     import onnx
 
-    proto = onnx.load(str(path))
+    proto = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-    onnx.save(proto, str(path))
+    return proto.SerializeToString()
 
 
 def _difference(
-    net: nn.Module, path: Path, fmt: str, x: Tensor, expected: np.ndarray, name: str, size: tuple
+    net: nn.Module, data: bytes, fmt: str, x: Tensor, expected: np.ndarray, name: str, size: tuple
 ) -> tuple[float, float | None]:
     """Max abs difference between PyTorch's logits ``expected`` and the written file's on ``x``,
     and when that is above 1e-4, float32 PyTorch's own distance from float64 PyTorch (else None)."""
     try:
         if fmt == "torchscript":
             with torch.no_grad():
-                got = _load_torchscript(path)(x).numpy()
+                got = _load_torchscript(io.BytesIO(data))(x).numpy()
         else:
             import onnxruntime
 
             options = onnxruntime.SessionOptions()
             options.log_severity_level = 4  # a failing run is reported below, in one sentence
             session = onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
+                data, options, providers=["CPUExecutionProvider"]
             )
             got = session.run(None, {"image": x.numpy()})[0]
     except Exception as error:  # onnxruntime raises its own types; any failure here is one sentence
@@ -493,12 +495,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _load_torchscript(
-    path: Path, extra_files: dict[str, Any] | None = None
+    source: Path | io.BytesIO, extra_files: dict[str, Any] | None = None
 ) -> torch.jit.ScriptModule:
     # torch.jit.load warns that TorchScript is deprecated; the file is ours and loads fine.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files or {})
+        where = str(source) if isinstance(source, Path) else source
+        return torch.jit.load(where, map_location="cpu", _extra_files=extra_files or {})
 
 
 def zipfile_like(path: Path) -> bool:

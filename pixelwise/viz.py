@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from pixelwise.data.base import IGNORE_INDEX
+from pixelwise.outputs import write_with
 
 IGNORE_COLOUR = (255, 255, 255)
 
@@ -191,7 +192,9 @@ def _titles(titles: Sequence[str], step: int, width: int, height: int = 16) -> n
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path)
+    """An RGB picture as PNG, written whole or not at all (:mod:`pixelwise.outputs`)."""
+    picture = Image.fromarray(array)
+    write_with(path, lambda buffer: picture.save(buffer, format="PNG"))
 
 
 def save_label_png(mask: Tensor | np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> None:
@@ -199,7 +202,7 @@ def save_label_png(mask: Tensor | np.ndarray, palette: Sequence[Sequence[int]], 
     ids = mask.cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
     image = Image.fromarray(ids.astype(np.uint8), mode="P")
     image.putpalette(palette_array(palette).ravel().tolist())
-    image.save(path)
+    write_with(path, lambda buffer: image.save(buffer, format="PNG"))
 
 
 def plot_confusion(matrix: Tensor, classes: Sequence[str], path: Path) -> None:
@@ -220,8 +223,12 @@ def plot_confusion(matrix: Tensor, classes: Sequence[str], path: Path) -> None:
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        # The file's suffix picks the format as savefig(path) would (confusion.pdf, .svg).
+        kind = Path(path).suffix.lstrip(".").lower() or "png"
+        write_with(path, lambda buffer: fig.savefig(buffer, dpi=100, format=kind))
+    finally:
+        plt.close(fig)
 
 
 def spread_indices(size: int, count: int) -> list[int]:

@@ -18,6 +18,7 @@ import yaml
 from pixelwise.compare.plan import CompareSettings
 from pixelwise.engine.rundir import output_folder
 from pixelwise.errors import PixelwiseError
+from pixelwise.outputs import write_text
 
 if TYPE_CHECKING:
     from pixelwise.compare.run import Entry
@@ -254,6 +255,6 @@ def write_comparison(out: Path, comparison: Comparison, picture: np.ndarray) -> 
     """Write comparison.md, comparison.json and comparison.png into ``out``."""
     from pixelwise.viz import save_png
 
-    (out / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=2) + "\n")
-    (out / "comparison.md").write_text(format_markdown(comparison))
+    write_text(out / "comparison.json", json.dumps(comparison.to_dict(), indent=2) + "\n")
+    write_text(out / "comparison.md", format_markdown(comparison))
     save_png(picture, out / "comparison.png")

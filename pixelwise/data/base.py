@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pixelwise.errors import PixelwiseError
+from pixelwise.outputs import write_text
 from pixelwise.registry import Registry
 
 IGNORE_INDEX = 255
@@ -492,10 +493,8 @@ def cached_index(
     items = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([_to_json(item) for item in items]))
-        tmp.replace(path)
-    except OSError:
+        write_text(path, json.dumps([_to_json(item) for item in items]))
+    except (OSError, PixelwiseError):
         pass  # a read-only home still works, just without the cache
     return items
 

@@ -8,7 +8,6 @@ exactly the three numpy globals that array needs allowed, and converted on resto
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import warnings
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor
 
 from pixelwise.errors import PixelwiseError
+from pixelwise.outputs import write_with
 
 # 2: RNG states as tensors and plain values (loadable with weights_only=True); meta["run"].
 CHECKPOINT_VERSION = 2
@@ -87,30 +87,11 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``path.tmp``, flush and fsync it, then rename over ``path`` and fsync the folder, so a
-    crash or power loss leaves either the old checkpoint or the new one, never an empty file."""
+    """Serialise in memory, then write beside ``path``, fsync, and rename over it
+    (:func:`pixelwise.outputs.write_with`): a crash, a kill or a full disk leaves the old checkpoint
+    or the new one, never a half-written file or a stray ``.tmp``."""
     payload = {"version": CHECKPOINT_VERSION, **payload}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable where the platform allows opening a folder (not Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_with(path, lambda buffer: torch.save(payload, buffer))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

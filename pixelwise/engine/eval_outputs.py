@@ -21,6 +21,7 @@ The last two and the csv are written when the task's metric has a confusion ``ma
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from pixelwise.engine.model_io import LoadedModel
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import match_target
 from pixelwise.metrics import scores_from_matrix
+from pixelwise.outputs import write_text
 from pixelwise.tasks.base import NO_TTA, TTA, Inference, Task
 from pixelwise.viz import (
     denormalise,
@@ -136,7 +138,7 @@ def write_eval_outputs(
 
 def write_json(value: Any, path: Path) -> None:
     """Strict JSON (NaN and infinities as null, which every parser reads)."""
-    path.write_text(json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
 
 
 def json_safe(value: Any) -> Any:
@@ -164,15 +166,16 @@ def write_per_class_csv(matrix: Tensor, classes: Sequence[str], path: Path) -> N
     scores = scores_from_matrix(matrix)
     truth = matrix.double().sum(dim=1).cpu()
     total = float(truth.sum())
-    with path.open("w", newline="") as handle:
-        out = csv.writer(handle)
-        out.writerow(["class", "iou", "accuracy", "gt_pixel_share", "gt_pixels"])
-        names = class_names(classes, matrix.shape[0])
-        for name, iou, acc, pixels in zip(
-            names, scores.iou, scores.class_accuracy, truth.tolist(), strict=True
-        ):
-            share = pixels / total if total > 0 else float("nan")
-            out.writerow([name, _cell(iou), _cell(acc), _cell(share), int(pixels)])
+    handle = io.StringIO(newline="")
+    out = csv.writer(handle)
+    out.writerow(["class", "iou", "accuracy", "gt_pixel_share", "gt_pixels"])
+    names = class_names(classes, matrix.shape[0])
+    for name, iou, acc, pixels in zip(
+        names, scores.iou, scores.class_accuracy, truth.tolist(), strict=True
+    ):
+        share = pixels / total if total > 0 else float("nan")
+        out.writerow([name, _cell(iou), _cell(acc), _cell(share), int(pixels)])
+    write_text(path, handle.getvalue())
 
 
 def _cell(value: float) -> str:

@@ -4,12 +4,14 @@ and Ctrl-C / SIGTERM turned into a clean stop that saves a resumable checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
 
 from pixelwise.errors import PixelwiseError
+from pixelwise.outputs import output_folder, write_text
+
+__all__ = ["StopRequest", "new_run_dir", "output_folder", "write_run_json"]
 
 
 def new_run_dir(out_dir: str, name: str) -> Path:
@@ -27,24 +29,6 @@ def new_run_dir(out_dir: str, name: str) -> Path:
             f"({(error.strerror or str(error)).lower()}); set train.out_dir to a folder you may write to."
         ) from None
     return candidate
-
-
-def output_folder(path: Path, flag: str) -> Path:
-    """Create ``path`` (and its parents) for output, or refuse in one sentence before any work."""
-    if path.exists() and not path.is_dir():
-        raise PixelwiseError(
-            f"{flag} {path} is a file, not a folder; give a folder for the outputs."
-        )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PixelwiseError(
-            f"{flag} {path} cannot be created ({(error.strerror or str(error)).lower()}); "
-            "give a folder you may write to."
-        ) from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PixelwiseError(f"{flag} {path} is not writable; give a folder you may write to.")
-    return path
 
 
 class StopRequest:
@@ -84,4 +68,4 @@ def write_run_json(run_dir: Path, run_info: dict[str, Any], config: dict[str, An
         except (ValueError, AttributeError):  # a damaged record is replaced, not fatal
             earlier = []
     record = {"run": run_info, "config": config, "earlier": earlier}
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_text(path, json.dumps(record, indent=2) + "\n")

@@ -34,6 +34,7 @@ from pixelwise.engine.precision import Precision, float32
 from pixelwise.engine.run import Run, build_run
 from pixelwise.engine.rundir import StopRequest, write_run_json
 from pixelwise.errors import PixelwiseError
+from pixelwise.outputs import append_line
 from pixelwise.tasks.base import Report, Update
 from pixelwise.tasks.semantic import SemanticTask
 from pixelwise.viz import save_png, spread_indices
@@ -371,8 +372,7 @@ class Trainer:
         # The training loss terms, averaged since the previous evaluation, beside the scores.
         record["train"] = self._losses.pop()
         self.history.append(record)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         self._log_scalars({f"val/{k}": v for k, v in report.scalars().items()})
         grid = self.prediction_picture()
         save_png(grid, self.run_dir / "predictions.png")

@@ -41,6 +41,7 @@ from pixelwise.instance_metrics import (
     paint_instances,
 )
 from pixelwise.metrics import ConfusionMatrix, format_scores
+from pixelwise.outputs import write_text
 from pixelwise.tasks import register_task
 from pixelwise.tasks.base import NO_TTA, TTA, Inference, PredictSettings, Task
 from pixelwise.tasks.semantic import SemanticReport
@@ -317,7 +318,7 @@ class InstanceTask(Task):
         results = detections_to_coco_results(
             found, settings.image_id, category_ids, score_threshold=threshold
         )
-        json_path.write_text(json.dumps(results) + "\n")
+        write_text(json_path, json.dumps(results) + "\n")
 
 
 # -- drawing -------------------------------------------------------------------------------------
