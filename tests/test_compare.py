@@ -1,5 +1,6 @@
 """pixelwise compare: two tiny networks on tiny shapes, the three files, the run folders, one
-network's own overrides (--set), the refusals and the checkpoints mode."""
+network's own overrides (--set), the refusals and the checkpoints mode; the flag on a row that
+learnt nothing, and several seeds per network (--seeds) as one row of mean ± sample std."""
 
 from __future__ import annotations
 
@@ -17,9 +18,14 @@ from PIL import Image
 from pixelwise.cli import main
 from pixelwise.compare import (
     CompareSettings,
+    Comparison,
+    NetworkResult,
     command_line,
+    format_markdown,
     iterations_for_seconds,
     network_config,
+    prediction_flags,
+    seed_mean,
     split_network_options,
     split_network_sets,
 )
@@ -72,6 +78,11 @@ def _number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
+def _name(cell: str) -> str:
+    """The network's name in a row's first cell, without the flag of a row that learnt nothing."""
+    return cell.removesuffix(" ⚠")
+
+
 @pytest.mark.slow  # the shared comparison trains two networks (~10 s on a busy 2-core machine)
 def test_three_files_agree(compared):
     assert all(
@@ -81,9 +92,14 @@ def test_three_files_agree(compared):
     data = json.loads((compared / "comparison.json").read_text())
     markdown = (compared / "comparison.md").read_text()
     header, *body = _table(markdown, "network")
-    assert [row[0] for row in body] == NETWORKS == [n["name"] for n in data["networks"]]
+    assert [_name(row[0]) for row in body] == NETWORKS == [n["name"] for n in data["networks"]]
     for row, net in zip(body, data["networks"], strict=True):
         cells = dict(zip(header, row, strict=True))
+        # a row is flagged in the table exactly where the JSON flags it, and told under it
+        assert row[0].endswith(" ⚠") == bool(net["flags"])
+        if net["flags"]:
+            assert f"⚠ {net['name']}: {'; '.join(net['flags'])}." in markdown
+        assert net["seed"] == 0 and net["seeds"] == [] and net["spread"] == {}
         for column, key in (("val mIoU", "mean_iou"), ("pixel acc", "pixel_accuracy"),
                             ("mean acc", "mean_accuracy"), ("fwIoU", "fw_iou")):  # fmt: skip
             assert _number(cells[column]) == round(100 * net[key], 2)
@@ -234,6 +250,11 @@ def test_an_earlier_comparison_is_never_overwritten(compared, capsys):
             ["--checkpoints", "a.pt", "--set", "enet:optim.lr=5e-4"],
             ["--set enet:optim.lr=5e-4 would change nothing"],
         ),
+        (["--models", "enet", "--seeds", "0"], ["--seeds 0 must be at least 1"]),
+        (
+            ["--checkpoints", "a.pt", "--seeds", "2"],
+            ["--seeds 2 would change nothing", "train with --models"],
+        ),
     ],
 )
 def test_refusals_are_one_sentence_before_any_work(argv, words, tmp_path, capsys):
@@ -373,6 +394,8 @@ def test_the_command_runs_the_same_comparison_again():
         "pixelwise compare --models unet,enet --seconds 30 --set enet:optim.lr=5e-4 "
         "--set 'enet:data.root=/a b' --out runs/c data.batch_size=4 unet.base_channels=8"
     )
+    settings.seeds = 3
+    assert "--seconds 30 --seeds 3 --set" in command_line(settings, "runs/c")
 
 
 def test_a_seconds_budget_becomes_a_known_number_of_iterations(tmp_path, one_thread):
@@ -385,3 +408,149 @@ def test_a_seconds_budget_becomes_a_known_number_of_iterations(tmp_path, one_thr
     short, long = iterations_for_seconds(cfg, 1e-6), iterations_for_seconds(cfg, 1e4)
     assert short == 1 and long > 100
     assert not math.isnan(long) and list(tmp_path.iterdir()) == []  # the timing runs left nothing
+
+
+# -- rows that learnt nothing -------------------------------------------------------------------
+CLASSES = ["background", "disc", "square"]
+
+
+def test_a_row_that_learnt_one_class_at_most_is_flagged():
+    def flags(iou, accuracy=(None, None, None), pixel_accuracy=0.5):
+        return prediction_flags(
+            dict(zip(CLASSES, iou, strict=True)), dict(zip(CLASSES, accuracy, strict=True)),
+            pixel_accuracy,
+        )  # fmt: skip
+
+    assert flags([0.8, 0.1, None]) == []  # two classes learnt: rank it
+    assert flags([0.7, 0.0, float("nan")], accuracy=(0.9, 0.0, None)) == [
+        "learnt nothing: every class but background at 0 IoU"
+    ]
+    assert flags([0.0, 0.0, None]) == ["learnt nothing: every class at 0 IoU"]
+    assert flags([None, None, None]) == []  # nothing scored, nothing to say
+
+
+def test_a_prediction_of_one_class_everywhere_is_told_from_the_scores_exactly():
+    from pixelwise.metrics import ConfusionMatrix
+
+    target = torch.tensor([[0, 0, 0, 1], [0, 0, 2, 1], [0, 255, 0, 0]])  # 255 ignored
+    everywhere = torch.zeros_like(target)  # background everywhere
+    almost = everywhere.clone()
+    almost[0, 0] = 1  # one background pixel called a disc: not one class everywhere
+    for prediction, single in ((everywhere, True), (almost, False)):
+        matrix = ConfusionMatrix(len(CLASSES))
+        matrix.update(prediction, target)
+        scores = matrix.compute()
+        got = prediction_flags(
+            dict(zip(CLASSES, scores.iou, strict=True)),
+            dict(zip(CLASSES, scores.class_accuracy, strict=True)),
+            scores.pixel_accuracy,
+        )
+        assert got[0] == "learnt nothing: every class but background at 0 IoU"
+        assert ("single class: predicts background everywhere" in got) is single
+
+
+def _row(name: str, seed: int | None, mean_iou: float, disc: float | None, **kw) -> NetworkResult:
+    values = dict(
+        name=name, model=name, options={}, overrides=[], source="shared base config",
+        checkpoint=f"out/{name}/seed-{seed}/last.pt", run_dir=f"out/{name}/seed-{seed}",
+        eval_size=[32, 32], mean_iou=mean_iou, pixel_accuracy=0.9, mean_accuracy=0.5,
+        fw_iou=0.8, iou={"background": 0.9, "disc": disc, "square": None}, params=1000,
+        gflops=0.5, latency_ms=2.0, iterations=5, train_images_per_s=10.0, train_seconds=1.0,
+        peak_memory_mb=None, seed=seed,
+    )  # fmt: skip
+    values.update(kw)
+    return NetworkResult(**values)
+
+
+def _comparison(networks: list[NetworkResult], seeds: int) -> Comparison:
+    return Comparison(
+        command="pixelwise compare", mode="train", dataset="shapes", split="val", val_images=3,
+        classes=CLASSES, budget={"iters": 5}, networks=networks, versions={"torch": "x"},
+        machine={"cpu": "cpu"}, load_average={"start": None, "end": None}, wall_seconds=1.0,
+        notes=[], seeds=seeds,
+    )  # fmt: skip
+
+
+def test_a_flagged_row_is_listed_marked_and_told_not_to_rank():
+    flag = "learnt nothing: every class but background at 0 IoU"
+    good = _row("unet", 0, 0.6, 0.3)
+    idle = _row("enet", 0, 0.45, 0.0, flags=[flag, "single class: predicts background everywhere"])
+    markdown = format_markdown(_comparison([idle, good], 1))
+    _, *body = _table(markdown, "network")
+    assert [row[0] for row in body] == ["enet ⚠", "unet"]  # listed, in the order given, marked
+    table_end = markdown.index("\n\n", markdown.index("| unet |"))
+    note = markdown[table_end:].split("\n\n")[1]  # the paragraph right under the table
+    assert note.startswith(f"⚠ enet: {flag}; single class: predicts background everywhere.")
+    assert "must not be ranked as better" in note and "unet" not in note
+    per_class = _table(markdown, "network | background")
+    assert [row[0] for row in per_class[1:]] == ["enet ⚠", "unet"]
+
+
+def test_seeds_make_one_row_of_the_mean_and_sample_std_keeping_every_run():
+    runs = [
+        _row("unet", 0, 0.50, 0.0, latency_ms=2.0, flags=["learnt nothing: x"]),
+        _row("unet", 1, 0.60, 0.2, latency_ms=4.0),
+        _row("unet", 2, 0.70, None, latency_ms=3.0),  # disc neither in truth nor predicted
+    ]
+    row = seed_mean(runs, "out/unet")
+    assert row.mean_iou == pytest.approx(0.6) and row.spread["mean_iou"] == pytest.approx(0.1)
+    assert row.latency_ms == pytest.approx(3.0) and row.spread["latency_ms"] == pytest.approx(1.0)
+    assert row.iou["disc"] == pytest.approx(0.1)  # over the runs where it is defined
+    assert row.spread["iou/disc"] == pytest.approx(math.sqrt(0.02))
+    assert row.iou["square"] is None and row.spread["iou/square"] is None
+    assert row.peak_memory_mb is None and row.params == 1000 and row.iterations == 5
+    assert (row.seed, row.run_dir, row.checkpoint) == (None, "out/unet", runs[0].checkpoint)
+    assert row.flags == ["learnt nothing: x (seed 0 of 3)"]
+    assert row.seeds == runs
+    data = _comparison([row], 3).to_dict()
+    assert [run["seed"] for run in data["networks"][0]["seeds"]] == [0, 1, 2]
+    assert [run["mean_iou"] for run in data["networks"][0]["seeds"]] == [0.5, 0.6, 0.7]
+    markdown = format_markdown(_comparison([row], 3))
+    header, body = _table(markdown, "network")
+    cells = dict(zip(header, body, strict=True))
+    assert cells["val mIoU"] == "60.00 ± 10.00" and cells["latency b1 (ms)"] == "3.00 ± 1.00"
+    assert cells["params"] == "1,000" and cells["peak memory (MB)"] == "-"
+    assert "mean ± sample std of 3 seeds" in markdown.splitlines()[0]
+    assert "`out/unet/seed-0/last.pt`, `out/unet/seed-1/last.pt`" in markdown
+    assert "⚠ unet: learnt nothing: x (seed 0 of 3). Its mean includes runs whose" in markdown
+
+
+@pytest.mark.slow  # two networks, two seeds, one iteration each: ~6 s on a busy 2-core machine
+def test_seeds_train_each_network_in_a_run_folder_per_seed(tmp_path, one_thread):
+    out = tmp_path / "seeds"
+    argv = ["compare", "--models", ",".join(NETWORKS), "--iters", "1", "--seeds", "2"]
+    argv += [
+        "--rows",
+        "1",
+        "--out",
+        str(out),
+        *TINY,
+        "train.seed=7",
+        "data.val_options.num_samples=1",
+    ]
+    assert main(argv) == 0
+    data = json.loads((out / "comparison.json").read_text())
+    assert data["seeds"] == 2 and "--seeds 2" in data["command"]
+    markdown = (out / "comparison.md").read_text()
+    header, *body = _table(markdown, "network")
+    for row, net in zip(body, data["networks"], strict=True):
+        name = net["name"]
+        assert _name(row[0]) == name and net["run_dir"] == str(out / name)
+        assert sorted(p.name for p in (out / name).iterdir()) == ["seed-7", "seed-8"]
+        runs = net["seeds"]
+        assert [run["seed"] for run in runs] == [7, 8]
+        for run in runs:
+            assert run["run_dir"] == str(out / name / f"seed-{run['seed']}")
+            assert (Path(run["run_dir"]) / "last.pt").is_file()
+            saved = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())
+            assert saved["train"]["seed"] == run["seed"]
+        scores = [run["mean_iou"] for run in runs]
+        assert net["mean_iou"] == pytest.approx(np.mean(scores))
+        assert net["spread"]["mean_iou"] == pytest.approx(np.std(scores, ddof=1))
+        cells = dict(zip(header, row, strict=True))
+        mean, spread = cells["val mIoU"].split(" ± ")
+        assert (_number(mean), _number(spread)) == (
+            round(100 * net["mean_iou"], 2),
+            round(100 * net["spread"]["mean_iou"], 2),
+        )
+        assert " ± " in cells["latency b1 (ms)"] and " ± " in cells["train img/s"]

@@ -30,6 +30,15 @@ median after warm-up), training images/s (the Trainer's, validation time left ou
 and peak memory of training (CUDA: ``max_memory_allocated``; CPU: sampled growth of the process's
 resident memory, see :mod:`pixelwise.bench`).
 
+One seed's difference between two networks may be noise: with ``seeds=N`` (``--seeds N``) each
+network trains N times, with ``train.seed`` s, s+1, ... (s its config's), in
+``<out>/<name>/seed-<seed>/``; its row is the mean of the runs' scores and speeds ± their sample
+standard deviation, and ``comparison.json`` keeps every run's row under ``seeds``. A row whose
+per-class IoU is 0 (or undefined) for every class but at most one learnt nothing, however good its
+mIoU looks on a background-heavy dataset: it is marked ⚠ in the table, told under it not to be
+ranked as better, and carries ``flags`` in the JSON (``single class`` too where its prediction is
+one class everywhere).
+
 >>> from pixelwise.compare import CompareSettings, run_comparison
 >>> run_comparison(
 ...     CompareSettings(models=["unet", "enet"], iters=300,
@@ -56,6 +65,8 @@ from pixelwise.compare.report import (
     command_line,
     comparison_picture,
     format_markdown,
+    prediction_flags,
+    seed_mean,
     write_comparison,
 )
 from pixelwise.compare.run import (
@@ -88,7 +99,9 @@ __all__ = [
     "iterations_for_seconds",
     "measure_network",
     "network_config",
+    "prediction_flags",
     "run_comparison",
+    "seed_mean",
     "split_network_options",
     "split_network_sets",
     "write_comparison",

@@ -53,6 +53,8 @@ class CompareSettings:
         latency_warmup: untimed batch-1 forwards before the timed ones.
         latency_runs: timed batch-1 forwards whose median is reported.
         progress: progress bars (None: only on a terminal).
+        seeds: training runs per network, with ``train.seed`` s, s+1, ... (s the network's
+            config's); the table shows their mean ± sample standard deviation.
     """
 
     models: list[str] = field(default_factory=list)
@@ -72,6 +74,7 @@ class CompareSettings:
     latency_warmup: int = 3
     latency_runs: int = 10
     progress: bool | None = None
+    seeds: int = 1
 
 
 @dataclass
@@ -194,6 +197,15 @@ def network_config(
     )
 
 
+def seeded(plan: NetworkPlan, seed: int) -> NetworkPlan:
+    """``plan`` trained with ``train.seed`` ``seed``: the same setting, another draw of the
+    initial weights, batch order and augmentation."""
+    data = plan.config.to_dict()
+    data["train"]["seed"] = seed
+    config = config_from_dict(data, f"the config of {plan.name} with seed {seed}")
+    return NetworkPlan(plan.name, config, plan.source, list(plan.overrides))
+
+
 def _scale_stages(train: dict[str, Any], iters: int) -> str:
     """Give a staged recipe's first stage its share of ``iters``; say what was done.
 
@@ -256,6 +268,8 @@ def _check_network_overrides(settings: CompareSettings) -> None:
 
 def check_settings(settings: CompareSettings) -> None:
     """Refuse, before any work, a comparison that cannot be run as asked."""
+    if settings.seeds < 1:
+        raise PixelwiseError(f"--seeds {settings.seeds} must be at least 1.")
     if bool(settings.models) == bool(settings.checkpoints):
         raise PixelwiseError(
             "Give the networks to compare either with --models (trained here, e.g. "
@@ -275,6 +289,11 @@ def check_settings(settings: CompareSettings) -> None:
         names = settings.models
     else:
         names = settings.checkpoints
+        if settings.seeds != 1:
+            raise PixelwiseError(
+                f"--seeds {settings.seeds} would change nothing: --checkpoints evaluates each "
+                "checkpoint as trained once; train with --models to repeat each run over seeds."
+            )
         given = [
             *settings.overrides,
             *(f"{n}.{k}=..." for n, o in settings.model_options.items() for k in o),

@@ -29,13 +29,16 @@ from pixelwise.compare.plan import (
     check_networks,
     check_settings,
     network_config,
+    seeded,
 )
 from pixelwise.compare.report import (
     Comparison,
     NetworkResult,
     command_line,
     comparison_picture,
+    prediction_flags,
     prepare_out,
+    seed_mean,
     write_comparison,
 )
 from pixelwise.config import Config, config_from_dict
@@ -134,7 +137,7 @@ def run_comparison(settings: CompareSettings, out: str | Path) -> Comparison:
         classes=evaluated.classes, budget=evaluated.budget,
         networks=[entry.result for entry in evaluated.entries], versions=versions(),
         machine=machine(), load_average={"start": load_before, "end": _loadavg()},
-        wall_seconds=time.perf_counter() - started, notes=evaluated.notes,
+        wall_seconds=time.perf_counter() - started, notes=evaluated.notes, seeds=settings.seeds,
     )  # fmt: skip
     write_comparison(out, comparison, picture)
     return comparison
@@ -148,7 +151,8 @@ def _loadavg() -> list[float] | None:
 
 
 def train_all(settings: CompareSettings, out: Path) -> Evaluated:
-    """Train every network of ``settings.models`` in ``out/<name>`` and score each."""
+    """Train every network of ``settings.models`` in ``out/<name>`` and score each; with
+    ``settings.seeds`` N > 1, N times in ``out/<name>/seed-<seed>``, one row of their mean."""
     from pixelwise.engine.evaluate import split_dataset
 
     base = base_config_dict(settings.config)
@@ -162,12 +166,28 @@ def train_all(settings: CompareSettings, out: Path) -> Evaluated:
         if settings.seconds is not None:
             iterations[plan.name] = iterations_for_seconds(plan.config, settings.seconds)
             plan = network_config(plan.name, settings, base, iterations[plan.name])
-        print(
-            f"[{index + 1}/{len(plans)}] {plan.name} ({plan.source}): {plan.config.train.iters} "
-            f"iterations on {plan.config.data.dataset}; run folder {out / plan.name}",
-            flush=True,
-        )
-        entries.append(train_entry(plan, out / plan.name, dataset, settings))
+        if settings.seeds == 1:
+            print(
+                f"[{index + 1}/{len(plans)}] {plan.name} ({plan.source}): "
+                f"{plan.config.train.iters} iterations on {plan.config.data.dataset}; "
+                f"run folder {out / plan.name}",
+                flush=True,
+            )
+            entries.append(train_entry(plan, out / plan.name, dataset, settings))
+            continue
+        runs: list[Entry] = []
+        for seed in seed_values(plan.config.train.seed, settings.seeds):
+            run_dir = out / plan.name / f"seed-{seed}"
+            print(
+                f"[{index + 1}/{len(plans)}] {plan.name} seed {seed} ({plan.source}): "
+                f"{plan.config.train.iters} iterations on {plan.config.data.dataset}; "
+                f"run folder {run_dir}",
+                flush=True,
+            )
+            runs.append(train_entry(seeded(plan, seed), run_dir, dataset, settings))
+        # The picture shows the first run; the others' models are not kept in memory.
+        row = seed_mean([run.result for run in runs], str(out / plan.name))
+        entries.append(Entry(row, runs[0].loaded, runs[0].notes))
     notes: list[str] = []
     if settings.seconds is not None:
         notes.append(
@@ -194,6 +214,11 @@ def train_all(settings: CompareSettings, out: Path) -> Evaluated:
     )  # fmt: skip
 
 
+def seed_values(first: int, count: int) -> list[int]:
+    """The ``train.seed`` of each of ``count`` runs: ``first``, ``first + 1``, ..."""
+    return list(range(first, first + count))
+
+
 def train_entry(plan: NetworkPlan, run_dir: Path, dataset: Any, settings: CompareSettings) -> Entry:
     """Train one planned network in ``run_dir``, load its last checkpoint, and measure it."""
     from pixelwise.engine.model_io import load_model
@@ -212,7 +237,7 @@ def train_entry(plan: NetworkPlan, run_dir: Path, dataset: Any, settings: Compar
         run_dir=str(run_dir), eval_size=size, **_scores(trained.report, loaded.classes),
         params=measured.params, gflops=measured.gflops, latency_ms=measured.latency_ms,
         iterations=trained.iterations, train_images_per_s=trained.images_per_s,
-        train_seconds=trained.seconds, peak_memory_mb=trained.peak_mb,
+        train_seconds=trained.seconds, peak_memory_mb=trained.peak_mb, seed=config.train.seed,
     )  # fmt: skip
     print(
         f"    val mIoU {100 * result.mean_iou:.2f} after {trained.iterations} iterations in "
@@ -261,7 +286,7 @@ def load_all(settings: CompareSettings, out: Path) -> Evaluated:
             source=f"checkpoint {item.source}", checkpoint=item.source,
             run_dir=str(Path(item.source).parent), eval_size=size,
             **_scores(scored.report, item.classes), params=measured.params,
-            gflops=measured.gflops, latency_ms=measured.latency_ms,
+            gflops=measured.gflops, latency_ms=measured.latency_ms, seed=item.config.train.seed,
         )  # fmt: skip
         entries.append(Entry(result, item, network_notes(name, measured)))
         print(
@@ -384,14 +409,17 @@ def _idle_parts(model: nn.Module, forward: Any) -> dict[str, int]:
 
 
 def _scores(report: Any, classes: Sequence[str]) -> dict[str, Any]:
+    """A row's scores and flags from a per-pixel task's report (a dataset-wide confusion
+    matrix's :class:`~pixelwise.metrics.Scores`)."""
+    iou = {c: (None if math.isnan(v) else v) for c, v in zip(classes, report.iou, strict=True)}
+    accuracy = dict(zip(classes, getattr(report, "class_accuracy", []), strict=False))
     return {
         "mean_iou": report.mean_iou,
         "pixel_accuracy": report.pixel_accuracy,
         "mean_accuracy": report.mean_accuracy,
         "fw_iou": report.fw_iou,
-        "iou": {
-            c: (None if math.isnan(v) else v) for c, v in zip(classes, report.iou, strict=True)
-        },
+        "iou": iou,
+        "flags": prediction_flags(iou, accuracy, report.pixel_accuracy),
     }
 
 
