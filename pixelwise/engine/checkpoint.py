@@ -97,6 +97,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint as data only; anything that would run code is refused in one sentence."""
     path = Path(path)
+    if path.is_dir():
+        raise PixelwiseError(_folder_message(path))
     if not path.is_file():
         raise PixelwiseError(
             f"Checkpoint {path} does not exist; pass the best.pt or last.pt of a run."
@@ -132,6 +134,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "diverged; use the run's best.pt or an earlier checkpoint."
         )
     return payload
+
+
+def _folder_message(folder: Path) -> str:
+    """A run folder given as ``--checkpoint``: name the checkpoints inside it (best.pt first)."""
+    what = {"best.pt": "the best validation score", "last.pt": "the last step"}
+    inside = [f"{folder / name} ({why})" for name, why in what.items() if (folder / name).is_file()]
+    if inside:
+        return f"Checkpoint {folder} is a folder, not a file; pass {' or '.join(inside)}."
+    others = sorted(p for p in folder.glob("*.pt") if p.is_file())
+    fix = f"pass one of its .pt files, e.g. {others[0]}" if others else "pass a run's best.pt"
+    return f"Checkpoint {folder} is a folder without best.pt or last.pt; {fix}."
 
 
 def _looks_like_a_checkpoint(payload: Any) -> bool:

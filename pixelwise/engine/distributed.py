@@ -60,13 +60,23 @@ def leave_process_group() -> None:
         gc.collect()
 
 
-def resolve_device(name: str, info: DistInfo) -> torch.device:
+def resolve_device(name: str, info: DistInfo, option: str = "train.device") -> torch.device:
+    """The torch device ``name`` means here (``auto``: CUDA when visible, else the CPU).
+
+    Args:
+        name: auto, cpu, cuda or cuda:N, as the user wrote it.
+        info: the process group; under it ``cuda`` is the GPU of this process's local rank.
+        option: where the user wrote ``name`` (``train.device``, ``--device``), for the message.
+
+    Raises:
+        PixelwiseError: for CUDA on a machine without it, or a name torch does not know.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise PixelwiseError(
-                f"train.device is {name!r} but no CUDA device is visible; use cpu or auto."
+                f"{option} is {name!r} but no CUDA device is visible; use cpu or auto."
             )
         if info.world_size > 1:
             return torch.device("cuda", info.local_rank)
@@ -74,7 +84,7 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise PixelwiseError(
-            f"Device {name!r} is not one torch knows; use auto, cpu, cuda or cuda:N."
+            f"Device {name!r} is not one torch knows; set {option} to auto, cpu, cuda or cuda:N."
         ) from None
 
 

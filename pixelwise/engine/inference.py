@@ -66,31 +66,38 @@ def sliding_window(
 ) -> Tensor:
     """Average softmax over overlapping ``crop`` windows moved by ``stride``; N×C×H×W.
 
-    An image smaller than the window is padded (zeros on the normalised input) and the padding cut
-    off again, so each window is exactly ``crop`` as in training.
+    A window larger than the image is clamped to the image (and its step with it): padding the
+    image up to the window only added pixels that were cut off again, and made ``--crop 100000
+    100000`` allocate tens of gigabytes of zeros.
     """
     n, _, h, w = x.shape
-    ch, cw = crop
-    sh, sw = stride
-    pad_h, pad_w = max(0, ch - h), max(0, cw - w)
-    x = F.pad(x, (0, pad_w, 0, pad_h))
-    hp, wp = x.shape[-2:]
-    rows = list(range(0, max(hp - ch, 0) + 1, sh))
-    cols = list(range(0, max(wp - cw, 0) + 1, sw))
-    if rows[-1] + ch < hp:
-        rows.append(hp - ch)
-    if cols[-1] + cw < wp:
-        cols.append(wp - cw)
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    sh, sw = min(stride[0], ch), min(stride[1], cw)
+    rows = list(range(0, h - ch + 1, sh))
+    cols = list(range(0, w - cw + 1, sw))
+    if rows[-1] + ch < h:
+        rows.append(h - ch)
+    if cols[-1] + cw < w:
+        cols.append(w - cw)
     total = None
-    count = torch.zeros(1, 1, hp, wp, device=x.device)
+    count = torch.zeros(1, 1, h, w, device=x.device)
     for top in rows:
         for left in cols:
             probs = _logits(model, x[..., top : top + ch, left : left + cw]).softmax(dim=1)
             if total is None:
-                total = torch.zeros(n, probs.shape[1], hp, wp, device=x.device, dtype=probs.dtype)
+                total = torch.zeros(n, probs.shape[1], h, w, device=x.device, dtype=probs.dtype)
             total[..., top : top + ch, left : left + cw] += probs
             count[..., top : top + ch, left : left + cw] += 1
-    return (total / count)[..., :h, :w]
+            del probs  # the next window's forward may use its memory
+    return total.div_(count)
+
+
+def _accumulate(total: Tensor, probs: Tensor) -> Tensor:
+    """``total + probs``, in place where the sum keeps ``total``'s dtype: a third map of the
+    image's size is what tips a large request over."""
+    if torch.promote_types(total.dtype, probs.dtype) == total.dtype:
+        return total.add_(probs)
+    return total + probs
 
 
 @torch.no_grad()
@@ -133,7 +140,8 @@ def predict_probs(
                 probs = probs.flip(-1)
             if probs.shape[-2:] != (h, w):
                 probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-            total = probs if total is None else total + probs
+            total = probs if total is None else _accumulate(total, probs)
+            del probs  # before the next view's forward, which may need its memory
             views += 1
     assert total is not None
-    return total / views
+    return total.div_(views)

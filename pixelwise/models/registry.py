@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from pixelwise.errors import PixelwiseError
 from pixelwise.registry import Registry
+from pixelwise.values import TypeMismatch, coerce, describe
 
 
 @dataclass(frozen=True)
@@ -67,16 +70,50 @@ def register_model(
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build a registered network. Unknown names and keyword arguments raise with the valid ones."""
-    info = MODELS.get(name)
-    accepted = inspect.signature(info.builder).parameters
-    unknown = sorted(set(kwargs) - set(accepted))
+    """Build a registered network. Unknown names, keyword arguments and values of the wrong type
+    raise with the valid ones."""
+    problem = option_problem(name, kwargs)
+    if problem is not None:
+        raise PixelwiseError(f"Model {name!r} {problem}.")
+    return MODELS.get(name).builder(num_classes=num_classes, **kwargs)
+
+
+def option_problem(name: str, options: Mapping[str, Any]) -> str | None:
+    """What is wrong with builder ``options`` for the registered network ``name``, as the end of a
+    sentence that starts with the network's name, or None when nothing is.
+
+    An option must be a parameter of the builder, and its value must fit the parameter's type
+    hint as a config value does (:func:`pixelwise.values.coerce`: an int where a float is asked
+    is fine, a word or a bool where an int is asked is not). A hint the value checker cannot read
+    (a torchvision weights enum) is left to the builder.
+
+    Raises:
+        PixelwiseError: for a name that is not registered (listing the registered ones).
+    """
+    builder = MODELS.get(name).builder
+    accepted = inspect.signature(builder).parameters
+    unknown = sorted(set(options) - set(accepted))
     if unknown:
         valid = ", ".join(p for p in accepted if p != "num_classes") or "none"
-        raise PixelwiseError(
-            f"Model {name!r} does not take {', '.join(unknown)}; its options are: {valid}."
-        )
-    return info.builder(num_classes=num_classes, **kwargs)
+        return f"does not take {', '.join(map(str, unknown))}; its options are: {valid}"
+    hints = typing.get_type_hints(builder)
+    for key, value in options.items():
+        if key not in hints:
+            continue
+        try:
+            coerce(value, hints[key], None)
+        except TypeMismatch:
+            wanted = describe(hints[key], None)
+            default = accepted[key].default
+            fix = (
+                f"give it {wanted}"
+                if default is inspect.Parameter.empty
+                else f"write it like {key}: {default!r} (its default)"
+            )
+            return f"takes {key} as {wanted}, not {value!r}; {fix}"
+        except TypeError:  # a hint beyond config values; the builder checks it
+            continue
+    return None
 
 
 def list_models() -> list[str]:

@@ -8,8 +8,9 @@ per image, and ``export`` traces the network itself.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ from pixelwise.data.subset import apply_labeled_subset
 from pixelwise.data.transforms import build_eval_transforms, build_train_transforms
 from pixelwise.engine.inference import predict_probs
 from pixelwise.engine.loader import collate as stack_batch
+from pixelwise.engine.memory import Request, fit_prediction
 from pixelwise.engine.precision import Precision
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import build_loss, match_target
@@ -170,6 +172,7 @@ class SemanticTask(Task):
         """
         blank = torch.zeros(image.shape[-2:], dtype=torch.int64)
         x, _ = self.eval_transforms()(image, blank)
+        tta = self.fit_memory(net, tuple(x.shape), tuple(image.shape[-2:]), tta)
         with net.precision.autocast():
             probs = self.predict(net.model, net.inputs(x[None]), tta)
         (h, w), (xh, xw) = image.shape[-2:], x.shape[-2:]
@@ -180,6 +183,29 @@ class SemanticTask(Task):
             probs.float(), size=size, mode="bilinear", align_corners=False
         )  # fmt: skip
         return full.argmax(1)[0].cpu(), probs
+
+    def fit_memory(
+        self, net: Inference, shape: tuple[int, ...], image_size: tuple[int, int], tta: TTA
+    ) -> TTA:
+        """``tta`` as it fits the memory free on ``net.device`` for a preprocessed 3×h×w ``shape``
+        (:func:`~pixelwise.engine.memory.fit_prediction`): unchanged when it fits, else in sliding
+        windows chosen to fit, said in one line on stderr.
+
+        Raises:
+            PixelwiseError: when no window makes it fit (the images and probability maps alone
+                exceed the memory).
+        """
+        request = Request(
+            (1, *shape), self.num_classes, tuple(tta.scales), tta.flip, tta.crop, tta.stride,
+            output_size=image_size,
+        )  # fmt: skip
+        fit = fit_prediction(
+            net.model, request, net.device, dtype=net.precision.dtype or torch.float32
+        )
+        if fit.note is None:
+            return tta
+        print(f"note: {fit.note}", file=sys.stderr)
+        return replace(tta, crop=fit.crop, stride=fit.stride)
 
     def prediction_files(self, stem: str) -> list[str]:
         return [f"{stem}_label.png", f"{stem}_overlay.png"]
