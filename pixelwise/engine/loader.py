@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import atexit
 import signal
+import threading
 import weakref
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -114,16 +116,41 @@ def collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     return default_collate(batch)
 
 
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """Workers leave SIGINT/SIGTERM to the main process.
 
     A scheduler signals the whole process group; a worker that died of it would take the run down
     ("DataLoader worker killed") before the main process finished its step and saved ``last.pt``.
-    The main process stops its workers itself: when it stops iterating, and at exit
+    A worker is forked with the stop signals blocked (:func:`_stop_signals_blocked`), so one that
+    arrives before this runs waits, and is dropped once ignored here; unblocking after that lets
+    nothing through. The main process stops its workers itself: when it stops iterating, and at exit
     (:func:`_shutdown_live_workers`), since multiprocessing's own exit handler stops them by SIGTERM.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back from this thread while it forks loader workers.
+
+    A forked worker runs torch's set-up before its ``worker_init_fn``; a signal to the process group
+    in that window used to kill it (about one stop in six with two workers). A child inherits the
+    blocked mask, so the signal waits until :func:`ignore_stop_signals` has made it harmless; the
+    main process gets its own signal when the mask is restored (or at once on another thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread handles signals in Python; nothing to hold back
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # Iterators and worker processes of this process's loaders. Multiprocessing's exit handler stops
@@ -151,14 +178,16 @@ class _Loader(DataLoader):
 
     def _get_iterator(self):
         global _exit_handler_registered
-        iterator = super()._get_iterator()
-        if self.num_workers > 0:
-            if not _exit_handler_registered:
-                # Registered after multiprocessing's handler, so (last in, first out) it runs first.
-                atexit.register(_shutdown_live_workers)
-                _exit_handler_registered = True
-            _live_iterators.add(iterator)
-            _worker_processes.update(getattr(iterator, "_workers", []))
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        with _stop_signals_blocked():  # the workers start here
+            iterator = super()._get_iterator()
+        if not _exit_handler_registered:
+            # Registered after multiprocessing's handler, so (last in, first out) it runs first.
+            atexit.register(_shutdown_live_workers)
+            _exit_handler_registered = True
+        _live_iterators.add(iterator)
+        _worker_processes.update(getattr(iterator, "_workers", []))
         return iterator
 
 

@@ -25,7 +25,7 @@ from pixelwise.engine.distributed import DistInfo, init_distributed, resolve_dev
 from pixelwise.engine.loader import EpochBatchSampler
 from pixelwise.engine.precision import Precision, decide_precision
 from pixelwise.engine.provenance import run_record
-from pixelwise.engine.rundir import new_run_dir
+from pixelwise.engine.rundir import drop_metrics_after, foreign_folder_reason, new_run_dir
 from pixelwise.engine.schedule import build_optimizer, build_scheduler
 from pixelwise.engine.sync_bn import convert_sync_batchnorm
 from pixelwise.errors import PixelwiseError
@@ -71,6 +71,10 @@ class Run:
     run_info: dict[str, Any]
     step: int = 0
     best_score: float = -math.inf
+    #: The checkpoint this run was resumed from (None for a first start).
+    resumed_from: Path | None = None
+    #: Whether this start made ``run_dir`` (a new folder), rather than continuing in its own one.
+    made_folder: bool = False
 
     def batches_per_epoch(self, size: int) -> int:
         """Batches per epoch of a ``size``-sample stream on each process."""
@@ -106,7 +110,12 @@ def build_run(
     Args:
         config: the run configuration.
         run_dir: where to write; default a new folder ``train.out_dir/name``.
-        resume: a ``last.pt`` to continue from (its folder becomes the run folder).
+        resume: a ``last.pt`` to continue from: in its own run folder when the folder is that
+            run's (see :func:`~pixelwise.engine.rundir.foreign_folder_reason`), else in a new
+            folder ``train.out_dir/name``; files of another run are never written over.
+
+    Everything that can be refused is checked before the run folder is made, so a refused run
+    leaves nothing behind.
     """
     dist = init_distributed(config.train.device)
     device = resolve_device(config.train.device, dist)
@@ -145,6 +154,8 @@ def build_run(
             "samples; lower the batch size."
         )
     total_iters = t.iters if t.iters is not None else t.epochs * per_epoch
+    if checkpoint is not None:
+        check_resume_length(config, int(checkpoint["step"]), total_iters, per_epoch, str(resume))
     stage_starts = task.stage_starts(total_iters)
     stage_streams = [task.stage_samples(stage, train_set) for stage in range(len(stage_starts))]
     _check_stage_streams(config, stage_starts, stage_streams, dist)
@@ -159,12 +170,7 @@ def build_run(
     )  # fmt: skip
     if checkpoint is not None:
         restore(run, checkpoint, str(resume))
-        run.run_dir = Path(resume).parent
-    elif dist.is_main:
-        run.run_dir = Path(run_dir) if run_dir else new_run_dir(t.out_dir, config.name)
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        run.run_dir = Path(run_dir or t.out_dir)
+        run.resumed_from = Path(resume)
     if dist.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         run.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -176,7 +182,64 @@ def build_run(
     )  # fmt: skip
     run.run_info["amp"] = precision.enabled
     run.run_info["precision"] = precision.name
+    if run.resumed_from is not None:
+        run.run_info["resumed_from"] = str(run.resumed_from)
+    # The last thing built: nothing after this can refuse the run.
+    place_run_folder(run, run_dir, checkpoint)
     return run
+
+
+def place_run_folder(
+    run: Run, run_dir: str | Path | None, checkpoint: dict[str, Any] | None
+) -> None:
+    """Set ``run.run_dir``: the folder given, the resumed run's own folder, or a new one.
+
+    Only the main process writes; the others keep a folder name they never write into.
+    """
+    t = run.config.train
+    if not run.dist.is_main:
+        run.run_dir = Path(run_dir or t.out_dir)
+        return
+    if run_dir is not None:  # the caller's own folder (compare, tests)
+        run.run_dir = Path(run_dir)
+        run.made_folder = not run.run_dir.exists()
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if checkpoint is not None and run.resumed_from is not None:
+        reason = foreign_folder_reason(run.resumed_from, checkpoint["meta"].get("run"))
+        if reason is None:  # the run's own folder: continue it, without the rows after the step
+            run.run_dir = run.resumed_from.parent
+            drop_metrics_after(run.run_dir, run.step)
+            return
+        run.run_dir = new_run_dir(t.out_dir, run.config.name)
+        run.made_folder = True
+        print(
+            f"--resume {run.resumed_from}: continuing in a new run folder {run.run_dir}, since "
+            f"{reason}; nothing in {run.resumed_from.parent} is changed."
+        )
+        return
+    run.run_dir = new_run_dir(t.out_dir, run.config.name)
+    run.made_folder = True
+
+
+def check_resume_length(
+    config: Config, step: int, total_iters: int, per_epoch: int, source: str
+) -> None:
+    """Refuse a resume whose run length ends before the checkpoint's step, before anything is
+    written: it would train for nothing and record a shorter run than the one made."""
+    if step <= total_iters:
+        return
+    t = config.train
+    if t.iters is not None:
+        raise PixelwiseError(
+            f"--resume {source}: the run already did {step} iterations but train.iters is "
+            f"{t.iters}; give train.iters greater than {step} to train on (or drop --resume)."
+        )
+    raise PixelwiseError(
+        f"--resume {source}: the run already did {step} iterations ({step / per_epoch:.1f} epochs) "
+        f"but train.epochs is {t.epochs}; give train.epochs greater than {step // per_epoch} to "
+        "train on (or drop --resume)."
+    )
 
 
 def _build_model(

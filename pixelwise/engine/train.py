@@ -32,7 +32,7 @@ from pixelwise.engine.evaluate import Evaluator
 from pixelwise.engine.loader import EpochBatchSampler, close_loader, make_loader
 from pixelwise.engine.precision import Precision, float32
 from pixelwise.engine.run import Run, build_run
-from pixelwise.engine.rundir import StopRequest, write_run_json
+from pixelwise.engine.rundir import StopRequest, remove_stub_run_dir, write_run_json
 from pixelwise.errors import PixelwiseError
 from pixelwise.outputs import append_line
 from pixelwise.tasks.base import Report, Update
@@ -101,8 +101,11 @@ class Trainer:
         self.run = run
         self.step, self.best_score = run.step, run.best_score
         self.progress = progress
-        # The step of the last checkpoint written (all finite); a resumed run's is its start.
-        self.saved_step: int | None = run.step if run.step else None
+        # The newest checkpoint of this run and its step (all finite): a resumed run's is the one
+        # it started from, then each one saved; what a stopped run's message names.
+        self.kept: tuple[Path, int] | None = (
+            (run.resumed_from, run.step) if run.resumed_from is not None else None
+        )
         self.skipped = 0
         self.history: list[dict[str, Any]] = []
         self.writer = None
@@ -173,7 +176,7 @@ class Trainer:
             return None
         path = self.run_dir / name
         save_checkpoint(path, self._payload())
-        self.saved_step = self.step
+        self.kept = (path, self.step)
         return path
 
     def check_finite(self) -> None:
@@ -187,9 +190,11 @@ class Trainer:
             )
 
     def _kept(self) -> str:
-        if self.saved_step is None:
-            return "no checkpoint of this start was written"
-        return f"{self.run_dir / 'last.pt'} keeps step {self.saved_step}"
+        """Which checkpoint holds the last good state, naming only a file that is there."""
+        if self.kept is None or not self.kept[0].is_file():
+            return "no checkpoint of this run was written"
+        path, step = self.kept
+        return f"{path} keeps step {step}"
 
     def _write_run_json(self) -> None:
         write_run_json(self.run_dir, self.run_info, self.cfg.to_dict())
@@ -251,84 +256,147 @@ class Trainer:
 
     def fit(self, max_steps: int | None = None) -> Report | None:
         """Train until ``train.iters``/``epochs`` (or ``max_steps``, or a stop signal); returns the
-        scores of the last evaluation (None when none ran)."""
-        if self.dist.is_main:
-            dump_config(self.cfg, self.run_dir / "config.yaml")
-            self._write_run_json()
-            from torch.utils.tensorboard import SummaryWriter
+        scores of the last evaluation (None when none ran).
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        A run that fails before it saved any checkpoint leaves no stub behind: the folder it made
+        goes again (:func:`~pixelwise.engine.rundir.remove_stub_run_dir`).
+        """
         stop_at = self.total_iters if max_steps is None else min(max_steps, self.total_iters)
-        last_scores: Report | None = None
         show = self.dist.is_main and self.progress is not False
         bar = tqdm(
             total=stop_at, initial=self.step, desc=self.cfg.name, dynamic_ncols=True,
             disable=None if self.progress is None else not show, leave=False,
         )  # fmt: skip
+        self.eval_seconds = 0.0
+        try:
+            if self.dist.is_main:
+                self._start_writing()
+            with StopRequest() as stop:
+                last_scores = self._loop(stop, stop_at, bar)
+                self.save("last.pt")
+                self.interrupted = stop.requested
+        except BaseException:
+            self._end(bar)
+            self._remove_stub()
+            raise
+        self._end(bar)
+        return last_scores
+
+    def _start_writing(self) -> None:
+        """The run's config, its start in ``run.json``, and the tensorboard writer; a resumed run's
+        events after its step (logged before a kill, then again) are purged."""
+        dump_config(self.cfg, self.run_dir / "config.yaml")
+        self._write_run_json()
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = self.step + 1 if self.step else None
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
+
+    def _loop(self, stop: StopRequest, stop_at: int, bar: tqdm) -> Report | None:
+        """Steps until ``stop_at`` or a stop; returns the last scores (None when none ran)."""
+        last_scores: Report | None = None
         self.net.train()
         self._losses = RunningMeans()
-        seen, tick = 0, time.perf_counter()
-        self.eval_seconds = 0.0
-        with StopRequest() as stop:
-            while self.step < stop_at and not stop.requested:
-                for batch in self._train_loader(self.step):
-                    inputs, targets = self.task.to_device(
-                        batch, self.device, self.cfg.train.channels_last
+        seen = 0
+        tick = time.perf_counter()
+        while self.step < stop_at and not stop.requested:
+            for batch in self._batches(self._train_loader(self.step), stop):
+                inputs, targets = self.task.to_device(
+                    batch, self.device, self.cfg.train.channels_last
+                )
+                skip = self.cfg.train.skip_nonfinite
+                self.task.step = self.step
+                update = Update(self.optimizer, self.scaler, self.precision, skip)
+                result = self.task.train_step(self.net, inputs, targets, update)
+                loss, stepped = result.loss, result.stepped
+                if not stepped and not skip:
+                    raise PixelwiseError(
+                        f"The loss became {loss} at step {self.step + 1} and the run stopped "
+                        f"before updating; {self._kept()}; lower optim.lr (now "
+                        f"{self.cfg.optim.lr}), check the labels, or set train.skip_nonfinite: true."
                     )
-                    skip = self.cfg.train.skip_nonfinite
-                    self.task.step = self.step
-                    update = Update(self.optimizer, self.scaler, self.precision, skip)
-                    result = self.task.train_step(self.net, inputs, targets, update)
-                    loss, stepped = result.loss, result.stepped
-                    if not stepped and not skip:
-                        raise PixelwiseError(
-                            f"The loss became {loss} at step {self.step + 1} and the run stopped "
-                            f"before updating; {self._kept()}; lower optim.lr (now "
-                            f"{self.cfg.optim.lr}), check the labels, or set train.skip_nonfinite: true."
+                self._losses.add({"loss": loss, **result.terms})
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                self.step += 1
+                seen += self.task.batch_size(inputs) * self.dist.world_size
+                if not stepped:
+                    self.skipped += 1
+                    if self.dist.is_main:
+                        tqdm.write(
+                            f"step {self.step}: loss or gradients not finite, batch skipped "
+                            f"(train.skip_nonfinite; {self.skipped} so far)"
                         )
-                    self._losses.add({"loss": loss, **result.terms})
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    self.scheduler.step()
-                    self.step += 1
-                    seen += self.task.batch_size(inputs) * self.dist.world_size
-                    if not stepped:
-                        self.skipped += 1
-                        if self.dist.is_main:
-                            tqdm.write(
-                                f"step {self.step}: loss or gradients not finite, batch skipped "
-                                f"(train.skip_nonfinite; {self.skipped} so far)"
-                            )
-                    if self.step % self.cfg.train.log_every == 0 or self.step == stop_at:
-                        self.check_finite()
-                        speed = self.images_per_second(seen, tick)
-                        terms = {"loss": loss, **result.terms}
-                        bar.set_postfix(
-                            {**{_short(k): f"{v:.4f}" for k, v in terms.items()},
-                             "lr": f"{lr:.2e}", "img_s": f"{speed:.1f}"}
-                        )  # fmt: skip
-                        self._log_scalars(
-                            {**{f"train/{k}": v for k, v in terms.items()},
-                             "train/lr": lr, "train/images_per_s": speed}
-                        )  # fmt: skip
-                    bar.update(1)
-                    end_of_epoch = self.step % self.iters_per_epoch == 0
-                    if self._should_eval(end_of_epoch) and self.cfg.train.iters is not None:
-                        last_scores = self.validate()
-                    if self.step >= stop_at or stop.requested or self.step in self.stage_starts:
-                        break  # a new stage draws from its own stream
-                if self.cfg.train.epochs is not None and self.step % self.iters_per_epoch == 0:
-                    if self._should_eval(True):
-                        last_scores = self.validate()
-            self.save("last.pt")
-            self.interrupted = stop.requested
+                if self.step % self.cfg.train.log_every == 0 or self.step == stop_at:
+                    self.check_finite()
+                    speed = self.images_per_second(seen, tick)
+                    terms = {"loss": loss, **result.terms}
+                    bar.set_postfix(
+                        {**{_short(k): f"{v:.4f}" for k, v in terms.items()},
+                         "lr": f"{lr:.2e}", "img_s": f"{speed:.1f}"}
+                    )  # fmt: skip
+                    self._log_scalars(
+                        {**{f"train/{k}": v for k, v in terms.items()},
+                         "train/lr": lr, "train/images_per_s": speed}
+                    )  # fmt: skip
+                bar.update(1)
+                end_of_epoch = self.step % self.iters_per_epoch == 0
+                if self._should_eval(end_of_epoch) and self.cfg.train.iters is not None:
+                    last_scores = self._validate_unless_stopped(stop, last_scores)
+                if self.step >= stop_at or stop.requested or self.step in self.stage_starts:
+                    break  # a new stage draws from its own stream
+            epoch_done = self.step % self.iters_per_epoch == 0
+            if self.cfg.train.epochs is not None and epoch_done and self._should_eval(True):
+                last_scores = self._validate_unless_stopped(stop, last_scores)
+        self.train_images_per_s = self.images_per_second(seen, tick)
+        return last_scores
+
+    def _batches(self, loader: Any, stop: StopRequest) -> Any:
+        """The loader's batches. A worker that died after a stop was asked (a signal sent before
+        it ignored signals) ends them as the stop does: the step before is whole and is saved."""
+        iterator = iter(loader)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as error:
+                if not _worker_lost(error, stop):
+                    raise
+                return
+            yield batch
+
+    def _validate_unless_stopped(self, stop: StopRequest, last: Report | None) -> Report | None:
+        """:meth:`validate`; an evaluation whose loader worker died after a stop was asked is
+        dropped (the run saves this step's ``last.pt`` without its scores)."""
+        try:
+            return self.validate()
+        except RuntimeError as error:
+            if not _worker_lost(error, stop):
+                raise
+            return last
+
+    def _end(self, bar: tqdm) -> None:
+        """Stop the loaders' workers, the progress bar and the tensorboard writer."""
         for loader in self._loaders.values():
             close_loader(loader)
         self._loaders.clear()
         bar.close()
-        self.train_images_per_s = self.images_per_second(seen, tick)
         if self.writer is not None:
             self.writer.close()
-        return last_scores
+            self.writer = None
+
+    def _remove_stub(self) -> None:
+        """After a failure: a run folder this start made and saved no checkpoint into holds nothing
+        of value, so what the run wrote there goes (nothing else; see ``remove_stub_run_dir``)."""
+        if not (self.dist.is_main and self.run.made_folder):
+            return
+        if self.kept is not None and self.kept[0].parent == self.run_dir:
+            return
+        try:
+            remove_stub_run_dir(self.run_dir)
+        except OSError:  # never hide the error that ended the run behind a cleanup's
+            pass
 
     def close(self) -> None:
         """Let go of DistributedDataParallel and, when this run joined the process group, leave it
@@ -418,6 +486,11 @@ class RunningMeans:
         means = {k: self.sums[k] / self.counts[k] for k in self.sums}
         self.sums, self.counts = {}, {}
         return means
+
+
+def _worker_lost(error: RuntimeError, stop: StopRequest) -> bool:
+    """Whether ``error`` is a DataLoader worker's death while a stop was being asked for."""
+    return stop.requested and "DataLoader worker" in str(error)
 
 
 def _short(term: str) -> str:
