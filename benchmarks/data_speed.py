@@ -14,7 +14,7 @@ keeps ``torch.get_num_threads()``, which the JSON records along with the machine
 
 Usage::
 
-    python benchmarks/data_speed.py                          # ../shared/data/camvid, 256 images
+    python benchmarks/data_speed.py                          # the data home's camvid/, 256 images
     python benchmarks/data_speed.py --images 400 --workers 0 2 4 --out /tmp/speed.json
 """
 
@@ -31,8 +31,9 @@ from machine import machine_info
 from torch.utils.data import DataLoader
 
 from pixelwise.data import build_dataset
+from pixelwise.data.home import data_home
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
+DEFAULT_ROOT = data_home() / "camvid"  # PIXELWISE_DATA, see pixelwise.data.home
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "data_speed.json"
 
 

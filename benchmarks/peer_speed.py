@@ -6,7 +6,7 @@ Two comparisons (``--networks``):
   same architecture (11.66M vs 11.54M parameters: smp's decoder blocks differ slightly in their
   bias and BN placement). Inference at batch 1, a training step at batch 4, at ``--size``.
 - ``pspnet50`` against pytorch-semseg's PSPNet-50 (``ptsemseg.models.pspnet.pspnet(n_classes=150,
-  version="ade20k")``, built from the class, never downloaded; ../shared/peers/pytorch-semseg): the
+  version="ade20k")``, built from the class, never downloaded; a checkout named by PIXELWISE_PEERS): the
   same network, 46,782,550 parameters each plus the same 2,398,358 of the auxiliary head. Inference
   at batch 1 and 473x473 (the peer's fixed pooling kernels assume a res5 side divisible by 6),
   a training step at batch 2 and 233x233 (res5 30x30), both with the auxiliary head on: ours
@@ -48,7 +48,8 @@ from pixelwise.engine.precision import decide_precision
 from pixelwise.models import build_model
 from pixelwise.models.complexity import count_parameters
 
-PEERS = Path(__file__).resolve().parents[1] / ".." / "shared" / "peers"
+# The folder holding a checkout of pytorch-semseg (its last commit, MIT), e.g. PEERS/pytorch-semseg.
+PEERS_VARIABLE = "PIXELWISE_PEERS"
 AUX_WEIGHT = 0.4  # PSPNet's auxiliary loss weight
 
 
@@ -61,7 +62,12 @@ def peer_linknet(num_classes: int) -> nn.Module:
 def peer_pspnet50(num_classes: int) -> nn.Module:
     # Its bundled Caffe protobuf module needs the pure-Python protobuf backend.
     os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-    root = str((PEERS / "pytorch-semseg").resolve())
+    if not os.environ.get(PEERS_VARIABLE):
+        raise SystemExit(
+            f"pspnet50 runs against pytorch-semseg: set {PEERS_VARIABLE} to the folder holding its "
+            "checkout (git clone https://github.com/meetshah1995/pytorch-semseg)."
+        )
+    root = str((Path(os.environ[PEERS_VARIABLE]).expanduser() / "pytorch-semseg").resolve())
     if root not in sys.path:
         sys.path.insert(0, root)
     from ptsemseg.models.pspnet import pspnet

@@ -22,11 +22,12 @@ import torch
 from machine import machine_info, machine_line
 
 from pixelwise.config import config_from_dict, load_config
+from pixelwise.data.home import data_home
 from pixelwise.engine.train import Trainer
 from pixelwise.metrics import format_scores
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
+DEFAULT_DATA = data_home() / "camvid"  # PIXELWISE_DATA, see pixelwise.data.home
 
 
 def unet_config(args) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.paths import SHARED
+from tests.paths import DATA
 
 # Mixed precision on the CPU follows the CPU (bf16 where it is native): the suite forces the
 # float32 path here, also in the processes tests start, and the tests of the bf16 path force it
@@ -28,8 +28,9 @@ def _threads():
 
 
 @pytest.fixture
-def shared_dir() -> Path:
-    return SHARED
+def data_dir() -> Path:
+    """The data home: real datasets and sample files, where a developer has them."""
+    return DATA
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
-"""Where the shared sample data lives: ``shared/`` beside the checkout (as in CI), else /work/shared."""
+"""Real data for the tests that check a reader against the official files: the data home
+(``PIXELWISE_DATA``, see :mod:`pixelwise.data.home`). Its ``samples/`` (a few official ADE20K and
+VOC files), ``meta/`` (official class lists and split files) and dataset folders (``camvid/``) are
+used where present; the tests that need them skip otherwise."""
 
-from pathlib import Path
+from pixelwise.data.home import data_home
 
-_BESIDE = Path(__file__).resolve().parents[2] / "shared"
-SHARED = _BESIDE if _BESIDE.is_dir() else Path("/work/shared")
+DATA = data_home()

@@ -15,10 +15,10 @@ from PIL import Image
 from pixelwise.data import build_dataset
 from pixelwise.data.ade20k import ADE20K, ADE20K_CLASSES, ADE20K_PALETTE, short_name
 from pixelwise.errors import PixelwiseError
-from tests.paths import SHARED
+from tests.paths import DATA
 
 H, W = 8, 12
-SAMPLES = SHARED / "data/samples/ade20k"
+SAMPLES = DATA / "samples/ade20k"
 FRAMES = {"train": ["ADE_train_00000001", "ADE_train_00000002"], "val": ["ADE_val_00000001"]}
 FOLDERS = {"train": "training", "val": "validation"}
 

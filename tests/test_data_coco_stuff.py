@@ -12,9 +12,9 @@ from PIL import Image
 from pixelwise.data import build_dataset
 from pixelwise.data.coco_stuff import COCOSTUFF171_CLASSES, COCOSTUFF_NAMES, UNUSED_IDS, USED_IDS
 from pixelwise.errors import PixelwiseError
-from tests.paths import SHARED
+from tests.paths import DATA
 
-META = SHARED / "data/meta/cocostuff_labels.txt"
+META = DATA / "meta/cocostuff_labels.txt"
 H, W = 3, 4
 
 

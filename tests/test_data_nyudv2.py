@@ -15,9 +15,9 @@ from PIL import Image
 from pixelwise.data import build_dataset
 from pixelwise.data.nyudv2 import NYU13_CLASSES, NYU40_CLASSES, NYU40_TO_13, read_mapping40
 from pixelwise.errors import PixelwiseError
-from tests.paths import SHARED
+from tests.paths import DATA
 
-META = SHARED / "data/meta"
+META = DATA / "meta"
 H, W = 4, 6  # the real frames are 480x640; the storage order is what matters here
 
 

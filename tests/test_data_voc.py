@@ -15,11 +15,11 @@ from pixelwise.data import build_dataset
 from pixelwise.data.base import voc_colormap
 from pixelwise.data.voc import SEG11VALID_LIST, VOC, VOC_CLASSES, VOC_PALETTE
 from pixelwise.errors import PixelwiseError
-from tests.paths import SHARED
+from tests.paths import DATA
 
 H, W = 8, 12
-SAMPLES = SHARED / "data/samples/voc"
-SHARED_SEG11VALID = SHARED / "data/meta/data/pascal/seg11valid.txt"
+SAMPLES = DATA / "samples/voc"
+REAL_SEG11VALID = DATA / "meta/data/pascal/seg11valid.txt"
 
 
 @pytest.fixture(autouse=True)
@@ -173,8 +173,8 @@ def test_trainaug_from_prepared_aug_folder(voc_root: Path) -> None:
 def test_seg11valid_ships_with_the_package(voc_root: Path) -> None:
     ids = SEG11VALID_LIST.read_text().split()
     assert len(ids) == len(set(ids)) == 736
-    if SHARED_SEG11VALID.is_file():
-        assert ids == SHARED_SEG11VALID.read_text().split()
+    if REAL_SEG11VALID.is_file():
+        assert ids == REAL_SEG11VALID.read_text().split()
     dataset = VOC(voc_root, split="seg11valid")
     assert len(dataset) == 736
     assert dataset.samples[0] == (

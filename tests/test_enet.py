@@ -11,7 +11,7 @@ from pixelwise.models import build_model, model_info
 from pixelwise.models.complexity import count_flops, count_parameters
 from pixelwise.models.enet import ENet
 
-# ../shared/REFERENCE.md, ENet: official architecture (e-lab/ENet-training) at 11 classes.
+# docs/models.md, ENet: official architecture (e-lab/ENet-training) at 11 classes.
 REFERENCE_PARAMS = 363_791
 REFERENCE_GMACS = {(360, 640): 1.69, (360, 480): 1.27}
 

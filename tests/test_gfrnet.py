@@ -2,7 +2,7 @@
 mrochan/gfrnet's CamVid prototxt that a count cannot see (gates multiply, which map feeds which
 gate, the concatenation order of each stage, nothing after the last conv).
 
-Reference figures from ../shared/REFERENCE.md part A (11 classes, 360x480).
+Reference figures from docs/models.md (11 classes, 360x480).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """LinkNet: reference parameter count, any input size, ResNet-18 weights.
 
-Reference figures from ../shared/REFERENCE.md (e-lab/LinkNet models/model.lua, 11 classes).
+Reference figures from docs/models.md (e-lab/LinkNet models/model.lua, 11 classes).
 """
 
 from __future__ import annotations

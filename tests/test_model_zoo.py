@@ -1,6 +1,6 @@
 """Every registered network against its paper: parameters within 1 % and FLOPs within 3 %.
 
-The reference figures are those of ../shared/REFERENCE.md part A (the papers or the authors'
+The reference figures are those of docs/models.md (the reference columns) (the papers or the authors'
 released models, at the paper's class count). A name registered without a reference fails here,
 so a new network cannot land unchecked. Everything runs on the meta device: shapes only.
 """

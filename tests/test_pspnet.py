@@ -32,7 +32,7 @@ def meta_model(name: str, num_classes: int, **options) -> nn.Module:
         return build_model(name, num_classes, **options)
 
 
-# ../shared/REFERENCE.md part A: the released inference prototxts (no auxiliary head).
+# docs/models.md: the released inference prototxts (no auxiliary head).
 @pytest.mark.parametrize(
     ("name", "classes", "params"), [("pspnet50", 150, 46.78e6), ("pspnet101", 21, 65.71e6)]
 )

@@ -1,6 +1,6 @@
 """RefineNet: the port's counts, any input size, and the topology a parameter count cannot see.
 
-Reference figures from ../shared/REFERENCE.md part A (DrSleep/refinenet-pytorch ``rf101``, 21
+Reference figures from docs/models.md (DrSleep/refinenet-pytorch ``rf101``, 21
 classes): 118.05M parameters; 262.9 GMACs at 512x512, 298.3 at 468x625.
 """
 

@@ -1,6 +1,6 @@
 """SegNet / SegNet-Basic: reference parameter counts, odd input sizes, raw logits, VGG16-BN weights.
 
-Reference figures from ../shared/REFERENCE.md (SegNet-Tutorial segnet_train.prototxt, 11 classes).
+Reference figures from docs/models.md (SegNet-Tutorial segnet_train.prototxt, 11 classes).
 """
 
 from __future__ import annotations

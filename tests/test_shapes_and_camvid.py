@@ -68,8 +68,8 @@ def test_camvid_rejects_foreign_label_values_and_wrong_roots(tmp_path):
         len(build_dataset("camvid", tmp_path / "b", split="train"))
 
 
-def test_real_camvid_split_sizes(shared_dir):
-    root = shared_dir / "data" / "camvid"
+def test_real_camvid_split_sizes(data_dir):
+    root = data_dir / "camvid"
     if not root.is_dir():
         pytest.skip("shared CamVid not present")
     assert len(build_dataset("camvid", root, split="train")) == 367

@@ -11,6 +11,7 @@ from typing import Any, get_type_hints
 
 from pixelwise._imports import import_submodules
 from pixelwise.data.base import DATASETS, IGNORE_INDEX, SegmentationDataset, register_dataset
+from pixelwise.data.home import home_root
 from pixelwise.errors import PixelwiseError
 from pixelwise.values import TypeMismatch, coerce, describe
 
@@ -33,9 +34,8 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
     kwargs = _typed_options(name, cls, kwargs)
     if root is None:
         if "root" in accepted and accepted["root"].default is inspect.Parameter.empty:
-            raise PixelwiseError(
-                f"Dataset {name!r} needs a root: the folder of the unpacked download."
-            )
+            # A recipe names the dataset, not a path: it lives in the data home.
+            return cls(home_root(cls.home_folder()), split=split, **kwargs)
         return cls(split=split, **kwargs)
     return cls(root, split=split, **kwargs)
 

@@ -123,6 +123,9 @@ def short_name(name: str) -> str:
 class ADE20K(SegmentationDataset):
     """ADE20K SceneParsing: 150 classes, 20210 train / 2000 val images of varying size."""
 
+    home = "ADEChallengeData2016"
+    source = "ADEChallengeData2016.zip from data.csail.mit.edu/places/ADEchallenge"
+
     classes = ADE20K_CLASSES
     palette = ADE20K_PALETTE
     splits = ("train", "val")

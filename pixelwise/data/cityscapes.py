@@ -152,6 +152,9 @@ def to_label_ids(mask: Tensor | np.ndarray) -> np.ndarray:
 class Cityscapes(SegmentationDataset):
     """Cityscapes: 19 training classes, fine (train/val/test) or coarse (train/train_extra/val)."""
 
+    home = "cityscapes"
+    source = "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from www.cityscapes-dataset.com/downloads (free account)"
+
     classes = CITYSCAPES_CLASSES
     palette = CITYSCAPES_PALETTE
     splits = ("train", "val", "test", "train_extra")

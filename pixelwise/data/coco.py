@@ -193,6 +193,11 @@ class COCO(SegmentationDataset):
         year: ``2017`` or ``2014`` (``train2014/`` and ``instances_train2014.json``).
     """
 
+    home = "coco"
+    source = (
+        "train2017.zip, val2017.zip and annotations_trainval2017.zip from cocodataset.org/#download"
+    )
+
     classes = VOC21_CLASSES
     palette = voc_colormap(len(VOC21_CLASSES))
     splits = ("train", "val")

@@ -104,6 +104,9 @@ class COCOStuff(SegmentationDataset):
         train_ids: read ``<id>_labelTrainIds.png`` (already 0..170 / 255) instead of ``<id>.png``.
     """
 
+    home = "cocostuff"
+    source = "the 2017 images from cocodataset.org and stuffthingmaps_trainval2017.zip from github.com/nightrome/cocostuff"
+
     classes = COCOSTUFF171_CLASSES
     palette = voc_colormap(len(COCOSTUFF171_CLASSES), start=1)
     splits = ("train", "val")

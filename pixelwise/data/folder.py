@@ -170,6 +170,9 @@ def _colour(value: Any, path: Path, what: str) -> tuple[int, int, int]:
 class Folder(SegmentationDataset):
     """Images and masks in plain folders, classes named in ``classes.yaml``."""
 
+    home = "folder"
+    source = "your own images/ and masks/ folders"
+
     splits = (*SPLIT_NAMES, "all")
     expected_folders = ("images", "masks")
 

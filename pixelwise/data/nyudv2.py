@@ -202,6 +202,9 @@ class NYUDv2(SegmentationDataset):
             ``root/classMapping40.mat`` (the 13-class table is built in when not given).
     """
 
+    home = "nyudv2"
+    source = "nyu_depth_v2_labeled.mat from cs.nyu.edu/~silberman/datasets/nyu_depth_v2.html, with splits.mat and classMapping40.mat"
+
     classes = NYU40_CLASSES
     palette = voc_colormap(len(NYU40_CLASSES), start=1)
     splits = ("train", "val", "test", "trainval")

@@ -82,6 +82,9 @@ class SUNRGBD(SegmentationDataset):
             elsewhere under ``root``.
     """
 
+    home = "sunrgbd"
+    source = "SUNRGBD.zip and its 37-class labels from rgbd.cs.princeton.edu"
+
     classes = SUNRGBD37_CLASSES
     palette = voc_colormap(len(SUNRGBD37_CLASSES), start=1)
     splits = ("train", "test")

@@ -61,6 +61,7 @@ from pixelwise.data.base import (
     to_mask,
     voc_colormap,
 )
+from pixelwise.data.home import home_root
 from pixelwise.data.instances import InstanceDataset, Objects
 from pixelwise.errors import PixelwiseError
 
@@ -106,9 +107,16 @@ def read_sbd_mat(path: Path, struct: str = "GTcls") -> np.ndarray:
     return segmentation
 
 
+#: Where SBD lives in the data home when no sbd_root is given.
+SBD_HOME = "benchmark_RELEASE/dataset"
+
+
 @register_dataset("voc")
 class VOC(SegmentationDataset):
     """PASCAL VOC 2012: 21 classes (background + 20 objects), optionally augmented with SBD."""
+
+    home = "VOCdevkit/VOC2012"
+    source = "VOCtrainval_11-May-2012.tar from host.robots.ox.ac.uk/pascal/VOC/voc2012"
 
     classes = VOC_CLASSES
     palette = VOC_PALETTE
@@ -125,6 +133,8 @@ class VOC(SegmentationDataset):
         sbd_root: str | Path | None = None,
     ) -> None:
         super().__init__(root, split, transforms)
+        if sbd_root is None and home_root(SBD_HOME).is_dir():
+            sbd_root = home_root(SBD_HOME)  # SBD unpacked beside VOC in the data home
         self.sbd_root = Path(sbd_root).expanduser() if sbd_root is not None else None
 
     @property
@@ -150,7 +160,7 @@ class VOC(SegmentationDataset):
         if self.sbd_root is None:
             raise PixelwiseError(
                 f"Split {self.split!r} of voc needs the SBD annotations: pass the option "
-                "sbd_root=<path to benchmark_RELEASE/dataset>"
+                f"sbd_root=<path to benchmark_RELEASE/dataset>, or unpack SBD at {home_root(SBD_HOME)}"
                 + (
                     " (or prepare SegmentationClassAug/ and ImageSets/Segmentation/trainaug.txt "
                     f"under {self.root})."
