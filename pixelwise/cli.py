@@ -11,7 +11,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -67,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         "full size) for cityscapesscripts' evaluation",
     )  # fmt: skip
 
-    pr = sub.add_parser("predict", help="segment images with a checkpoint")
+    pr = sub.add_parser(
+        "predict", help="segment images with a checkpoint",
+        description="Segment each image; one that cannot be read is refused and the others go "
+        "on. Exit status: 0 when every image was written, 1 when some were and others refused "
+        "(named in the closing summary), 2 when none could be or the command itself was refused.",
+    )  # fmt: skip
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument(
@@ -143,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--device", default="auto", help="--checkpoints: where to evaluate")
     cmp.add_argument("--rows", type=int, default=4, help="validation images in comparison.png")
     cmp.add_argument(
+        "--seeds", type=int, default=1,
+        help="train each network N times (train.seed s, s+1, ...); the table: mean ± sample std",
+    )  # fmt: skip
+    cmp.add_argument(
         "--set", action="append", default=[], dest="network_sets", metavar="NAME:key=value",
         help="a config override for one network of --models only, applied after the shared "
         "overrides and its recipe, e.g. --set enet:optim.lr=5e-4 (repeatable)",
@@ -151,6 +161,17 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value",
         help="config overrides for every network (data.batch_size=8), or one network's build "
         "option (unet.base_channels=16)",
+    )  # fmt: skip
+
+    plot = sub.add_parser(
+        "plot", help="draw the curves of runs (loss, lr, val score, per-class IoU) into one PNG"
+    )
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run folders of `pixelwise train`")
+    plot.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    plot.add_argument(
+        "--per-class-of", type=int, default=0, metavar="I",
+        help="whose per-class IoU to draw: the I-th run given (default: 0, the first)",
     )  # fmt: skip
 
     datasets = sub.add_parser("datasets", help="list datasets, or check one on disk")
@@ -187,6 +208,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # them over, and they are taken back here when they look like key=value.
     args, extra = parser.parse_known_args(argv)
     if extra:
+        dashed = [e for e in extra if e.startswith("--") and "=" in e and "." in e.split("=")[0]]
+        if dashed and hasattr(args, "overrides"):
+            # `--optim.lr=1e-3` is how other tools spell an override; ours have no dashes.
+            fixed = " ".join(e.lstrip("-") for e in dashed)
+            print(
+                f"error: {' '.join(dashed)}: config overrides take no dashes; write {fixed}.",
+                file=sys.stderr,
+            )
+            return 2
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
@@ -253,6 +283,8 @@ def _run_training(config, resume: str | None) -> int:
             f"{len(trainer.val_set)} val images) for {trainer.total_iters} iterations on "
             f"{trainer.device}; writing {trainer.run_dir}"
         )
+        print(_intervals(config.train, trainer.iters_per_epoch))
+        _warn_about_crop(config, trainer.train_set)
     scores = trainer.fit()
     trainer.close()  # under torchrun: leave the process group before the process exits
     if not trainer.dist.is_main:
@@ -273,12 +305,86 @@ def _run_training(config, resume: str | None) -> int:
     return 0
 
 
+def _intervals(train, iters_per_epoch: int) -> str:
+    """The unit of every interval, said once at the start: eval_every counts epochs in an epochs
+    recipe and iterations in an iterations one."""
+    if train.epochs is not None:
+        length = f"{train.epochs} epochs of {iters_per_epoch} iterations"
+        every = f"validating every {train.eval_every} epoch(s)"
+    else:
+        length = f"{train.iters} iterations"
+        every = f"validating every {train.eval_every} iteration(s)"
+    return (
+        f"length: {length} (train.{'epochs' if train.epochs is not None else 'iters'}); "
+        f"{every} (train.eval_every); logging every {train.log_every} iteration(s) (train.log_every)"
+    )
+
+
+def _warn_about_crop(config, train_set) -> None:
+    """One line on stderr when data.crop_size exceeds the training images (they are all padded)."""
+    from pixelwise.data.transforms import crop_size_warning
+
+    d = config.data
+    warning = crop_size_warning(train_set, d.crop_size, resize=d.resize, scale_range=d.scale_range)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 def _output_file(path: Path, flag: str, example: str, overwrite: bool) -> Path:
     """Check early that ``path`` may be written (not a folder; an existing file only with
     ``--overwrite``; its folder created), so no work is done for nothing."""
     from pixelwise.outputs import claim_output
 
     return claim_output(path, flag, overwrite=overwrite, example=example)
+
+
+def _check_output_folder(path: Path, flag: str) -> None:
+    """Refuse ``path`` as an output folder before any work, without creating it yet.
+
+    The folder itself is made by :func:`_folder_for_outputs` once the work can start (the
+    checkpoint loaded), so a refused checkpoint leaves nothing behind; the sentences are those
+    of :func:`pixelwise.outputs.output_folder`.
+    """
+    if path.exists() and not path.is_dir():
+        raise PixelwiseError(
+            f"{flag} {path} is a file, not a folder; give a folder for the outputs."
+        )
+    nearest = path
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise PixelwiseError(
+            f"{flag} {path} cannot be created (not a directory); give a folder you may write to."
+        )
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        reason = "is not writable" if nearest == path else "cannot be created (permission denied)"
+        raise PixelwiseError(f"{flag} {path} {reason}; give a folder you may write to.")
+
+
+@contextmanager
+def _folder_for_outputs(path: Path | None, flag: str) -> Iterator[Path | None]:
+    """Create ``path`` (and missing parents) for the block's outputs; on the way out, whether the
+    block succeeded or not, remove again the folders made here that were left empty.
+
+    A command refused half-way (a bad dataset, a full disk, every image refused) so never leaves
+    an empty folder the user did not have before. ``None`` passes through (an option not given).
+    """
+    if path is None:
+        yield None
+        return
+    made = []  # the folders this call creates, deepest first
+    folder = path
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    try:
+        yield _output_folder(path, flag)
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()  # removes an empty folder only
+            except OSError:  # it holds outputs (or is gone): keep it and those above it
+                break
 
 
 def _tta(args):
@@ -307,13 +413,22 @@ def cmd_eval(args) -> int:
     ):
         if name:
             _output_file(Path(name), flag, example, args.overwrite)
+    # Output folders are checked now but made only once the checkpoint has loaded (and removed
+    # again if the evaluation fails before writing into them): a refused checkpoint or dataset
+    # leaves no empty folder behind. The default --out, the checkpoint's folder, exists by then.
+    if args.out:
+        _check_output_folder(Path(args.out), "--out")
+    if args.save_label_ids:
+        _check_output_folder(Path(args.save_label_ids), "--save-label-ids")
     loaded = load_model(args.checkpoint, args.device)
-    out = _output_folder(Path(args.out) if args.out else Path(args.checkpoint).parent, "--out")
-    label_ids = None
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
     if args.save_label_ids:
         check_label_ids_dataset(loaded.config.data.dataset)
-        label_ids = _output_folder(Path(args.save_label_ids), "--save-label-ids")
-    result = evaluate_loaded(loaded, split=args.split, root=args.root, tta=tta, label_ids=label_ids)
+    ids_folder = Path(args.save_label_ids) if args.save_label_ids else None
+    with _folder_for_outputs(ids_folder, "--save-label-ids") as label_ids:
+        result = evaluate_loaded(
+            loaded, split=args.split, root=args.root, tta=tta, label_ids=label_ids
+        )
     print(
         f"{loaded.meta['model']} on {loaded.config.data.dataset} {result.split} "
         f"({len(result.dataset)} images)"
@@ -323,7 +438,8 @@ def cmd_eval(args) -> int:
         plot_confusion(result.metric.matrix, loaded.classes, Path(args.confusion))
     if args.json:
         write_text(Path(args.json), json.dumps(json_safe(result.report.as_dict()), indent=2) + "\n")
-    folder = write_eval_outputs(result, loaded, out, tta=tta, label_ids=label_ids)
+    with _folder_for_outputs(out, "--out"):
+        folder = write_eval_outputs(result, loaded, out, tta=tta, label_ids=label_ids)
     print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
     if label_ids is not None:
         print(f"wrote {len(result.dataset)} labelIds files into {label_ids}")
@@ -331,32 +447,104 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from pixelwise.data.base import read_image
+    """Segment every image that can be read, and name every one that cannot.
+
+    Each input is checked first (it exists, is a file, has an image header within the size
+    limit); then the checkpoint loads; then each image is decoded (:func:`read_photo`: upright,
+    damage refused) and segmented in turn, a refused one not stopping the others. The closing
+    summary says how many were written and which were refused, and why.
+
+    Returns:
+        0 when every image was written; 1 when some were written and others refused, as
+        ``datasets check`` answers data with problems; a :class:`PixelwiseError` (exit 2) when
+        none could be. An output problem (``--out``, an existing file, a full disk) stops the
+        whole command, since it would stop every image alike.
+    """
+    from pixelwise.data.base import read_photo
     from pixelwise.engine.model_io import load_model
     from pixelwise.tasks.base import PredictSettings
 
     settings = PredictSettings(_tta(args), args.score_threshold)
     images = [Path(name) for name in args.images]
-    for path in images:
-        if path.is_dir():
-            raise PixelwiseError(f"{path} is a folder; give image files, e.g. {path / '*.png'}.")
-        if not path.exists():
-            raise PixelwiseError(f"Image {path} does not exist; check the path.")
-    out = _output_folder(Path(args.out), "--out")
+    out = Path(args.out)
+    _check_output_folder(out, "--out")
+    refused = {i: problem for i, path in enumerate(images) if (problem := _input_problem(path))}
+    if len(refused) == len(images):
+        raise _none_written(images, refused)
     loaded = load_model(args.checkpoint, args.device)
+    names = output_names(images)  # from every input, so a refused one never renames another
     # The task names what it writes for each image; none may replace a file without --overwrite.
-    targets = [[out / f for f in loaded.task.prediction_files(n)] for n in output_names(images)]
-    existing = [t for group in targets for t in group if t.exists()]
+    targets = {
+        i: [out / f for f in loaded.task.prediction_files(names[i])]
+        for i in range(len(images))
+        if i not in refused
+    }
+    existing = [t for group in targets.values() for t in group if t.exists() or t.is_symlink()]
     if existing and not args.overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise PixelwiseError(
             f"{existing[0]}{more} already exist in --out {out}; pass --overwrite to replace them "
             "or choose another --out folder."
         )
-    for image_id, (path, paths) in enumerate(zip(images, targets, strict=True)):
-        loaded.write_prediction(read_image(path), paths, replace(settings, image_id=image_id))
-        print(f"{path} -> {', '.join(str(p) for p in paths)}")
-    return 0
+    written = 0
+    try:
+        with _folder_for_outputs(out, "--out"):
+            for i, paths in targets.items():
+                try:
+                    photo = read_photo(images[i])
+                except PixelwiseError as error:
+                    refused[i] = str(error)
+                    continue
+                for note in photo.notes:
+                    print(f"warning: {note}", file=sys.stderr)
+                loaded.write_prediction(photo.image, paths, replace(settings, image_id=i))
+                written += 1
+                print(f"{images[i]} -> {', '.join(str(p) for p in paths)}")
+    except PixelwiseError:
+        # A problem of the outputs or the model (a full disk, a refused option) stops every
+        # image alike; the inputs refused so far are still named before its sentence.
+        if refused:
+            _print_refused(images, refused, "then stopped by the error below")
+        raise
+    if not written:
+        raise _none_written(images, refused)
+    print(f"wrote {written} of {len(images)} images into {out}")
+    if refused:
+        _print_refused(images, refused, "exit status 1")
+    return 1 if refused else 0
+
+
+def _input_problem(path: Path) -> str | None:
+    """The sentence refusing ``path`` as an input of ``predict`` from its header alone, or None."""
+    from pixelwise.data.base import image_size
+
+    if path.is_dir():
+        return f"{path} is a folder; give image files, e.g. {path / '*.png'}."
+    if not path.exists():
+        return f"Image {path} does not exist; check the path."
+    try:
+        image_size(path)
+    except PixelwiseError as error:
+        return str(error)
+    return None
+
+
+def _print_refused(images: Sequence[Path], refused: dict[int, str], outcome: str) -> None:
+    print(f"refused {len(refused)} of {len(images)} images ({outcome}):", file=sys.stderr)
+    for i in sorted(refused):
+        print(f"  {refused[i]}", file=sys.stderr)
+
+
+def _none_written(images: Sequence[Path], refused: dict[int, str]) -> PixelwiseError:
+    """The error to raise when no image could be segmented: one input's own sentence; for
+    several, this prints the list of every refusal first and the sentence points at it."""
+    if len(images) == 1:
+        return PixelwiseError(refused[0])
+    _print_refused(images, refused, "none written")
+    return PixelwiseError(
+        f"None of the {len(images)} images could be segmented (each is named above with the "
+        "reason); fix or replace them and run predict again."
+    )
 
 
 def output_names(images: Sequence[Path]) -> list[str]:
@@ -530,12 +718,21 @@ def cmd_compare(args) -> int:
         root=args.root, iters=args.iters, seconds=args.seconds, recipes=args.recipes,
         config=args.config, overrides=overrides, model_options=options,
         network_overrides=split_network_sets(args.network_sets), split=args.split,
-        device=args.device, rows=args.rows,
+        device=args.device, rows=args.rows, seeds=args.seeds,
     )  # fmt: skip
     comparison = run_comparison(settings, args.out)
     print((Path(args.out) / "comparison.md").read_text().split("\n\n## ")[0])
     print(f"wrote {Path(args.out) / 'comparison.md'}, comparison.json, comparison.png "
           f"in {comparison.wall_seconds:.0f} s")  # fmt: skip
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from pixelwise.plot import plot_runs
+
+    out = _output_file(Path(args.out), "--out", "curves.png", args.overwrite)
+    plot_runs([Path(r) for r in args.runs], out, per_class_of=args.per_class_of)
+    print(f"wrote {out}")
     return 0
 
 
@@ -574,6 +771,7 @@ COMMANDS = {
     "datasets": cmd_datasets,
     "export": cmd_export,
     "compare": cmd_compare,
+    "plot": cmd_plot,
 }
 
 if __name__ == "__main__":

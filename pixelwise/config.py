@@ -7,6 +7,7 @@ one is an error that lists the valid keys of its section, so a typo never silent
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,6 @@ _AT_LEAST = {
     ("data", "batch_size"): 1,
     ("data", "val_batch_size"): 1,
     ("data", "num_workers"): 0,
-    ("optim", "lr"): 0,
     ("optim", "weight_decay"): 0,
     ("schedule", "step_size"): 1,
     ("schedule", "milestones"): 1,
@@ -250,7 +250,24 @@ def _show(value: Any) -> str:
     return f"{text!r}" if isinstance(value, str) else text
 
 
+def check_run_name(name: str, source: str) -> None:
+    """A run name is one folder name under ``train.out_dir``: a separator or ``..`` would put the
+    run folder (and everything it writes) somewhere else, so they are refused."""
+    bad = (
+        not name.strip()
+        or name in (".", "..")
+        or any(c in name for c in "/\\\0")
+        or name != name.strip()
+    )
+    if bad:
+        raise PixelwiseError(
+            f"{source}: name is {name!r}; a run name is one folder name inside train.out_dir "
+            "(no '/', '\\', '..', surrounding spaces, and not empty), e.g. name: unet_camvid."
+        )
+
+
 def validate(config: Config, source: str) -> None:
+    check_run_name(config.name, source)
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in choices:
@@ -264,6 +281,13 @@ def validate(config: Config, source: str) -> None:
                 raise PixelwiseError(
                     f"{source}: {section}.{key} is {_show(value)}; it must be at least {low}."
                 )
+    lr = config.optim.lr
+    # 0 would train nothing for the whole run, below 0 climb the loss; the type check already
+    # refused NaN and infinities, isfinite keeps this sentence true if that ever changes.
+    if not (math.isfinite(lr) and lr > 0):
+        raise PixelwiseError(
+            f"{source}: optim.lr is {_show(lr)}; it must be a number above 0, e.g. optim.lr=0.01."
+        )
     if any(s == 0 for s in config.data.std):
         raise PixelwiseError(
             f"{source}: data.std is {_show(config.data.std)}; no channel may have std 0; "
@@ -319,7 +343,30 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
             f"Config file {path} must hold a mapping of sections, got {_show(data)}."
         )
     apply_overrides(data, overrides or [], str(path))
+    _one_length(data, overrides or [])
     return config_from_dict(data, str(path))
+
+
+def _one_length(data: dict[str, Any], overrides: list[str]) -> None:
+    """An override of one run length clears the recipe's other one (``train.iters=300`` on an
+    epochs recipe trains 300 iterations); the recipe's ``eval_every`` counted the other unit, so
+    unless it was overridden too it becomes ten validations over the new length."""
+    keys = {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
+    train = data.get("train")
+    if not isinstance(train, dict):
+        return
+    for given, other in (("iters", "epochs"), ("epochs", "iters")):
+        switched = (
+            f"train.{given}" in keys
+            and f"train.{other}" not in keys
+            and train.get(given) is not None
+            and train.get(other) is not None
+        )
+        if not switched:
+            continue
+        train[other] = None
+        if "train.eval_every" not in keys and isinstance(train[given], int):
+            train["eval_every"] = max(1, train[given] // 10)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> None:

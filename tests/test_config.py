@@ -35,6 +35,20 @@ def test_exactly_one_of_epochs_and_iters():
         config_from_dict({"train": {"epochs": 1, "iters": 1}})
 
 
+@pytest.mark.parametrize("lr", ["0", "0.0", "-0.01", "-1e-3"])
+def test_a_learning_rate_of_0_or_below_is_refused(tmp_path, lr):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {iters: 1}\n")
+    with pytest.raises(
+        PixelwiseError, match=r"optim\.lr is .*; it must be a number above 0, e\.g\."
+    ):
+        load_config(path, [f"optim.lr={lr}"])
+    for spelling in (".nan", ".inf"):  # YAML's NaN and infinity: refused as not a number
+        with pytest.raises(PixelwiseError, match=r"optim\.lr is .* but must be a number"):
+            load_config(path, [f"optim.lr={spelling}"])
+    assert load_config(path, ["optim.lr=1e-6"]).optim.lr == 1e-6
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(PixelwiseError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

@@ -82,6 +82,21 @@ def test_truncated_label_is_unreadable(root):
     assert report.problems["unreadable_label"].count == 1 and report.exit_code == 1
 
 
+def test_an_entry_listed_twice_is_a_problem_naming_it_the_count_and_the_list(root, capsys):
+    from pixelwise.cli import main
+
+    lines = (root / "train.txt").read_text().splitlines()
+    (root / "train.txt").write_text("\n".join([*lines, lines[1], lines[3], lines[1]]) + "\n")
+    report = check_dataset("camvid", root, "train", workers=1)
+    duplicates = report.problems["duplicate_entry"]
+    assert duplicates.count == 2 and report.exit_code == 1
+    assert NAMES[1] in duplicates.examples[0] and "listed 3 times" in duplicates.examples[0]
+    assert str(root / "train.txt") in duplicates.examples[0]
+    assert NAMES[3] in duplicates.examples[1] and "listed 2 times" in duplicates.examples[1]
+    assert main(["datasets", "check", "camvid", str(root)]) == 1
+    assert "entries listed more than once: 2" in capsys.readouterr().out
+
+
 def test_wrong_root_raises_naming_the_folder(tmp_path):
     with pytest.raises(PixelwiseError, match="expected the folder train/"):
         check_dataset("camvid", tmp_path, "train")

@@ -213,7 +213,7 @@ CASES = [
     Case(
         "config-epochs-and-iters",
         "config",
-        lambda f, c: ["train", str(_config(f)), "train.epochs=1"],
+        lambda f, c: ["train", str(_config(f)), "train.epochs=1", "train.iters=2"],
         "exactly one of",
     ),
     Case(

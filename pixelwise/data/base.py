@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -96,6 +100,10 @@ class SegmentationDataset(Dataset):
     task: ClassVar[str] = "semantic"
     #: Folder names that must exist under ``root``; ``datasets check`` exits 2 when one is absent.
     expected_folders: ClassVar[tuple[str, ...]] = ()
+    #: Its folder under the data home (:mod:`pixelwise.data.home`); empty: the registered name.
+    home: ClassVar[str] = ""
+    #: Where the official download is, said when the dataset is not found.
+    source: ClassVar[str] = ""
 
     def __init__(
         self, root: str | Path, split: str = "train", transforms: Transform | None = None
@@ -153,18 +161,59 @@ class SegmentationDataset(Dataset):
             self._samples = samples
         return self._samples
 
+    @classmethod
+    def home_folder(cls) -> str:
+        """Its folder under the data home."""
+        return cls.home or cls.name
+
     def check_root(self) -> None:
-        """Raise when ``root`` is not this dataset at all, naming the folder that was expected."""
+        """Raise when ``root`` is not this dataset at all, naming the folder that was expected; a
+        root that holds the dataset but not this split's folder is told so, naming the split."""
         if not self.root.is_dir():
+            raise PixelwiseError(self._missing_root())
+        missing = [f for f in self.expected_folders if not (self.root / f).exists()]
+        if not missing:
+            return
+        if len(missing) < len(self.expected_folders) or self._holds_another_split():
             raise PixelwiseError(
-                f"Dataset root {self.root} does not exist; point root at the unpacked {self.name} download."
+                f"{self.root} holds {self.name} but not the folder {missing[0]}/ of its split "
+                f"{self.split!r}; choose a split it has (data.val_split, --split) or unpack that "
+                "part of the download there."
             )
-        for folder in self.expected_folders:
-            if not (self.root / folder).exists():
-                raise PixelwiseError(
-                    f"{self.root} is not a {self.name} root: expected the folder {folder}/ inside it; "
-                    "point root at the unpacked download."
-                )
+        raise PixelwiseError(
+            f"{self.root} is not a {self.name} root: expected the folder {missing[0]}/ inside it; "
+            "point root at the unpacked download."
+        )
+
+    def _holds_another_split(self) -> bool:
+        """Whether the root has the folders of some other split (only the asked one is absent)."""
+        for split in self.splits:
+            if split == self.split:
+                continue
+            try:
+                other = type(self).__new__(type(self))
+                other.__dict__.update(self.__dict__)
+                other.split = split
+                folders = other.expected_folders
+            except Exception:  # noqa: BLE001 - a reader whose folders need more state: no hint
+                continue
+            if folders and all((self.root / f).exists() for f in folders):
+                return True
+        return False
+
+    def _missing_root(self) -> str:
+        from pixelwise.data.home import describe_home, home_root
+
+        where = self.source or "its official download"
+        if self.root == home_root(self.home_folder()):
+            return (
+                f"Dataset {self.name} is not in {describe_home()}: expected {self.root}; unpack "
+                f"{where} there, or set data.root (--root) to where it is."
+            )
+        return (
+            f"Dataset root {self.root} does not exist; point root at the unpacked {self.name} "
+            f"download ({where})."
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -239,11 +288,259 @@ def _too_large(path: Path, role: str, width: int | None, height: int | None) -> 
     )
 
 
+def image_size(path: Path, role: str = "Image") -> tuple[int, int]:
+    """``(height, width)`` from the file's header, without decoding its pixels.
+
+    Raises :class:`PixelwiseError` as :func:`open_image` does: a file that is absent, is not an
+    image, or claims more than :data:`MAX_IMAGE_PIXELS`. The size is the stored one, before any
+    EXIF orientation.
+    """
+    # The header's metadata may make Pillow warn; :func:`read_photo` reports that, not this.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_image(path, role) as img:
+            return img.height, img.width
+
+
 def read_image(path: Path) -> Tensor:
-    """Decode an image file to ``uint8`` 3xHxW RGB; a corrupt or truncated file names itself."""
+    """Decode a dataset's image file to ``uint8`` 3xHxW RGB; a corrupt or truncated file names itself.
+
+    The pixels stay in their stored order, whatever EXIF orientation the file carries: a
+    dataset's labels were drawn on the stored pixels, so turning the image would misalign every
+    label. A user's photo goes through :func:`read_photo` instead.
+    """
     with open_image(path, "Image") as img:
         array = np.asarray(_rgb8(img, path))
+    return _to_chw(array)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A user's picture as :func:`read_photo` decoded it.
+
+    Attributes:
+        image: ``uint8`` 3xHxW RGB, turned upright as its EXIF orientation says.
+        notes: what the decoder warned about (damaged metadata, say), each naming the file.
+    """
+
+    image: Tensor
+    notes: tuple[str, ...] = ()
+
+
+def read_photo(path: Path) -> Photo:
+    """Decode a user's picture for ``predict``: upright, and refused when its data is damaged.
+
+    Unlike :func:`read_image` it applies the EXIF orientation (``PIL.ImageOps.exif_transpose``),
+    so the label and overlay match the photo as every viewer shows it: a phone stores a portrait
+    photo as landscape pixels plus an orientation tag. It also checks the file's own structure
+    (:func:`stream_damage`), because decoders fill damaged JPEG data with grey or smeared blocks
+    without a word, and segmenting that would look like a result.
+
+    Raises:
+        PixelwiseError: the file is absent, not an image, too large, truncated or damaged.
+    """
+    # Pillow warns through Python's warnings (a damaged EXIF block, say) while opening and while
+    # reading the orientation; caught here, each becomes one line naming the file.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with open_image(path, "Image") as img:
+            array = np.asarray(_rgb8(ImageOps.exif_transpose(img), path))
+            # After the decode, so a file the decoder refuses keeps the decoder's own words.
+            damage = stream_damage(path, img.format)
+    if damage is not None:
+        raise PixelwiseError(
+            f"Image {path} is damaged: {damage}; its pixels would be partly made up, so copy "
+            "the file again from where it came from."
+        )
+    messages = dict.fromkeys(" ".join(str(w.message).split()) for w in caught)  # once each
+    return Photo(_to_chw(array), tuple(f"{path}: {m}" for m in messages))
+
+
+def _to_chw(array: np.ndarray) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def stream_damage(path: Path, image_format: str | None) -> str | None:
+    """What is wrong with the stored data of a JPEG or PNG file, or None when nothing shows.
+
+    Pillow decodes a JPEG whose entropy-coded data holds garbage without any error or warning
+    (it silences libjpeg's "Corrupt JPEG data" warnings) and reads a PNG row whose bytes changed
+    without checking the chunk's CRC. So the file itself is walked: a PNG's chunks must all pass
+    their CRC and end with IEND; a JPEG's segments must be well formed, its image data may hold
+    no byte pair that is not a marker, its restart markers must run 0..7 in turn and be as many
+    as its header implies, and it must end with the end-of-image marker. Other formats pass.
+
+    What this cannot see: changed JPEG bytes that happen to form valid data in a file without
+    restart markers; only a full Huffman decode, which Pillow does not report on, would.
+    """
+    if image_format not in ("JPEG", "MPO", "PNG"):
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None  # the decoder reports an unreadable file in its own words
+    return _png_damage(data) if image_format == "PNG" else _jpeg_damage(data)
+
+
+_TRUNCATED = "the file ends early (it is truncated)"
+
+
+def _png_damage(data: bytes) -> str | None:
+    """Every chunk of a PNG passes its CRC and IEND closes it (see :func:`stream_damage`)."""
+    view = memoryview(data)
+    position = 8  # after the signature, which Pillow has already matched
+    while position + 12 <= len(data):
+        length = int.from_bytes(view[position : position + 4], "big")
+        kind = bytes(view[position + 4 : position + 8]).decode("latin-1")
+        end = position + 12 + length
+        if end > len(data):
+            return _TRUNCATED
+        stored = int.from_bytes(view[end - 4 : end], "big")
+        if zlib.crc32(view[position + 4 : end - 4]) != stored:
+            return (
+                f"its {kind} chunk at byte {position} fails its checksum (bytes in it were changed)"
+            )
+        if kind == "IEND":
+            return None
+        position = end
+    return _TRUNCATED
+
+
+# Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic).
+_JPEG_SOF = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+_JPEG_EOI, _JPEG_SOS, _JPEG_DRI = 0xD9, 0xDA, 0xDD
+
+
+@dataclass
+class _JpegFrame:
+    height: int
+    width: int
+    sampling: dict[int, tuple[int, int]]  # component id -> (horizontal, vertical) factor
+
+
+def _jpeg_damage(data: bytes) -> str | None:
+    """Walk a JPEG's markers and image data (see :func:`stream_damage`)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    # Every 0xFF that has a byte after it: in image data each must be stuffing (FF 00), fill
+    # (FF FF) or a restart marker (FF D0..D7); anything else ends the scan.
+    ffs = np.flatnonzero(raw[:-1] == 0xFF)
+    frame: _JpegFrame | None = None
+    interval = 0
+    position = 2  # after SOI, which Pillow has already matched
+    while True:
+        position = _next_marker(data, position)
+        if position < 0:
+            return _TRUNCATED
+        marker = data[position + 1]
+        if marker == _JPEG_EOI:
+            return None  # what follows (a second picture of an MPO, a motion clip) is not ours
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            position += 2  # markers without a length
+            continue
+        if marker < 0xC0 or marker == 0xD8:
+            return f"0xFF{marker:02X} at byte {position} is not a JPEG marker"
+        if position + 4 > len(data):
+            return _TRUNCATED
+        end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if end > len(data):
+            return _TRUNCATED
+        segment = data[position + 4 : end]
+        if marker in _JPEG_SOF:
+            frame = _jpeg_frame(segment)
+        elif marker == _JPEG_DRI and len(segment) >= 2:
+            interval = int.from_bytes(segment[:2], "big")
+        if marker != _JPEG_SOS:
+            position = end
+            continue
+        restarts = _restarts_expected(frame, segment, interval)
+        position, damage = _jpeg_scan(raw, ffs, end, restarts)
+        if damage is not None:
+            return damage
+
+
+def _next_marker(data: bytes, position: int) -> int:
+    """Where the next marker (0xFF, then a byte other than 0x00 or 0xFF) starts, or -1.
+
+    Stray bytes between two segments are passed over, as libjpeg does: they cost no pixel.
+    """
+    while True:
+        position = data.find(b"\xff", position)
+        if position < 0 or position + 1 >= len(data):
+            return -1
+        if data[position + 1] not in (0x00, 0xFF):
+            return position
+        position += 1
+
+
+def _jpeg_frame(segment: bytes) -> _JpegFrame | None:
+    if len(segment) < 6 or len(segment) < 6 + 3 * segment[5]:
+        return None
+    height = int.from_bytes(segment[1:3], "big")
+    width = int.from_bytes(segment[3:5], "big")
+    sampling = {
+        segment[6 + 3 * i]: (segment[7 + 3 * i] >> 4, segment[7 + 3 * i] & 15)
+        for i in range(segment[5])
+    }
+    return _JpegFrame(height, width, sampling)
+
+
+def _restarts_expected(frame: _JpegFrame | None, sos: bytes, interval: int) -> int | None:
+    """Restart markers a scan holds: one between every ``interval`` MCUs (None: unknown)."""
+    if interval == 0 or frame is None or frame.height == 0 or not sos:
+        return None
+    components = [sos[1 + 2 * i] for i in range(sos[0]) if 1 + 2 * i < len(sos)]
+    if not components or any(c not in frame.sampling for c in components):
+        return None
+    h_max = max(h for h, _ in frame.sampling.values())
+    v_max = max(v for _, v in frame.sampling.values())
+    if h_max == 0 or v_max == 0:
+        return None
+    if len(components) == 1:  # a non-interleaved scan: one MCU per 8x8 block of the component
+        h, v = frame.sampling[components[0]]
+        wide = math.ceil(math.ceil(frame.width * h / h_max) / 8)
+        high = math.ceil(math.ceil(frame.height * v / v_max) / 8)
+    else:
+        wide = math.ceil(frame.width / (8 * h_max))
+        high = math.ceil(frame.height / (8 * v_max))
+    return math.ceil(wide * high / interval) - 1
+
+
+def _jpeg_scan(
+    raw: np.ndarray, ffs: np.ndarray, start: int, restarts: int | None
+) -> tuple[int, str | None]:
+    """Check the image data from ``start``; return where the marker that ends it stands."""
+    candidates = ffs[np.searchsorted(ffs, start) :]
+    following = raw[candidates + 1]
+    is_restart = (following >= 0xD0) & (following <= 0xD7)
+    in_data = (following == 0x00) | (following == 0xFF) | is_restart
+    ends = np.flatnonzero(~in_data)
+    if ends.size == 0:
+        return len(raw), _TRUNCATED
+    stop = int(ends[0])
+    position = int(candidates[stop])
+    numbers = following[:stop][is_restart[:stop]].astype(np.int64) - 0xD0
+    wrong = np.flatnonzero(numbers != np.arange(numbers.size) % 8)
+    if wrong.size:
+        at = int(candidates[:stop][is_restart[:stop]][wrong[0]])
+        return (
+            position,
+            f"its restart markers skip or repeat one at byte {at} (data is missing there)",
+        )
+    # Some encoders also close the last interval with a marker, so one more is tolerated.
+    if restarts is not None and not restarts <= numbers.size <= restarts + 1:
+        return position, (
+            f"its image data holds {numbers.size} restart markers where its header implies "
+            f"{restarts} (data is missing or repeated)"
+        )
+    marker = int(following[stop])
+    if marker < 0xC0 or marker == 0xD8:
+        return (
+            position,
+            f"0xFF{marker:02X} at byte {position} inside its image data is not a JPEG marker",
+        )
+    return position, None
 
 
 def _rgb8(img: Image.Image, path: Path) -> Image.Image:

@@ -3,6 +3,9 @@
 It walks every sample of a split through the dataset's own ``build_index`` / ``load_image`` /
 ``load_mask`` but, unlike ``__getitem__``, collects problems instead of raising on the first one:
 
+* ``duplicate_entry``: one sample listed more than once (a list file naming the same pair twice,
+  say), which trains on it twice as often; the example names the entry, how many times, and the
+  list (the dataset's ``index_source()``);
 * ``missing_image`` / ``missing_label``: a file the index names is absent (readers index such a
   sample inside ``base.index_missing_files()`` instead of raising, as they do for training);
 * ``unreadable_image`` / ``unreadable_label``: the file exists but does not decode (truncated or
@@ -29,7 +32,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +48,7 @@ from pixelwise.errors import PixelwiseError
 
 #: Problem kinds in report order, with the words ``format_report`` prints for them.
 PROBLEM_KINDS = {
+    "duplicate_entry": "entries listed more than once",
     "missing_image": "missing images",
     "missing_label": "missing labels",
     "unreadable_image": "unreadable or truncated images",
@@ -266,13 +271,12 @@ def check_dataset(
         samples=len(samples),
         class_pixels=[0] * dataset.num_classes,
     )
+    for text in duplicate_entries(dataset, samples):
+        _add_problem(report, "duplicate_entry", text, max_examples)
     histogram = np.zeros(dataset.num_classes, dtype=np.int64)
     for result in _map(dataset, samples, workers):
         for kind, text in result.problems:
-            entry = report.problems[kind]
-            entry.count += 1
-            if len(entry.examples) < max_examples:
-                entry.examples.append(text)
+            _add_problem(report, kind, text, max_examples)
         if result.histogram is not None:
             histogram += result.histogram
         report.ignore_pixels += result.ignore
@@ -280,6 +284,39 @@ def check_dataset(
     report.class_pixels = histogram.tolist()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _add_problem(report: CheckReport, kind: str, text: str, max_examples: int) -> None:
+    entry = report.problems[kind]
+    entry.count += 1
+    if len(entry.examples) < max_examples:
+        entry.examples.append(text)
+
+
+def duplicate_entries(dataset: SegmentationDataset, samples: Sequence[Any]) -> list[str]:
+    """One line per sample the index holds more than once, in order of first appearance.
+
+    Each names the entry (its image file, else the dataset's ``describe``), how many times it is
+    listed, and where (``index_source()``: the list file, or the folder the index was built from).
+    """
+    counts = Counter(_sample_key(sample) for sample in samples)
+    lines, seen = [], set()
+    for sample in samples:
+        key = _sample_key(sample)
+        if counts[key] > 1 and key not in seen:
+            seen.add(key)
+            name = sample_files(dataset, sample).get("image") or dataset.describe(sample)
+            lines.append(f"{name} is listed {counts[key]} times in {dataset.index_source()}")
+    return lines
+
+
+def _sample_key(sample: Any) -> Any:
+    """``sample`` itself where it can be hashed (tuples of paths and ids), else its repr."""
+    try:
+        hash(sample)
+    except TypeError:
+        return repr(sample)
+    return sample
 
 
 def _map(

@@ -12,6 +12,7 @@ Instance samples ``(image, target dict)`` go through :class:`InstanceTransform` 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,8 +21,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from pixelwise.data.base import IGNORE_INDEX
+from pixelwise.data.base import IGNORE_INDEX, SegmentationDataset, image_size
 from pixelwise.data.instances import INSTANCE_FIELDS
+from pixelwise.errors import PixelwiseError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,6 +115,88 @@ def build_eval_transforms(
 ) -> JointTransform:
     """Deterministic: optional resize, then normalisation."""
     return JointTransform(_resize(resize) + _to_normalised(mean, std))
+
+
+#: How many training images :func:`crop_size_warning` sizes: from their headers, so the check
+#: costs milliseconds on a dataset of any size, at the price of seeing only the first few.
+CROP_CHECK_IMAGES = 8
+
+
+def crop_size_warning(
+    dataset: Any,
+    crop_size: Sequence[int] | None,
+    *,
+    resize: Sequence[int] | None = None,
+    scale_range: Sequence[float] = (1.0, 1.0),
+    count: int = CROP_CHECK_IMAGES,
+) -> str | None:
+    """One line of warning when ``data.crop_size`` is larger than every training image checked.
+
+    The random crop of :func:`build_train_transforms` pads an image smaller than itself (the mask
+    with ignore), so such a crop trains on padding in every sample without any error. Images are
+    measured as the crop meets them: after ``data.resize`` and at the top of
+    ``data.scale_range``; without a resize, the first ``count`` images (:func:`first_image_sizes`).
+    None when one of them holds the crop, or when nothing could be measured.
+    """
+    if not crop_size:
+        return None
+    if resize:
+        sizes, which = [(int(resize[0]), int(resize[1]))], f"data.resize {list(resize)}"
+    else:
+        sizes = first_image_sizes(dataset, count)
+        which = f"each of the first {len(sizes)} training images"
+    factor = max(scale_range)
+    crop_h, crop_w = crop_size
+    if not sizes or any(h * factor >= crop_h and w * factor >= crop_w for h, w in sizes):
+        return None
+    high, wide = max(h for h, _ in sizes), max(w for _, w in sizes)
+    scaled = f", x{factor:g} at the top of data.scale_range" if factor != 1 else ""
+    return (
+        f"warning: data.crop_size {list(crop_size)} is larger than {which} (at most "
+        f"{high}x{wide}{scaled}), so every crop is padded with ignored pixels; lower "
+        "data.crop_size, or set it to null to train on whole images."
+    )
+
+
+def first_image_sizes(dataset: Any, count: int = CROP_CHECK_IMAGES) -> list[tuple[int, int]]:
+    """``(height, width)`` of the first ``count`` images of ``dataset`` that can be measured.
+
+    Subset and balancing views are looked through to the dataset that reads the files. A sample
+    that names its image file first (``(image, label)``, as most readers index) is measured from
+    the file's header (:func:`~pixelwise.data.base.image_size`, no pixels decoded); any other (a
+    frame of a .mat file, a rendered image) is decoded with the reader's ``load_image``. A sample
+    that fails is left out: the training's own read reports it in its own sentence.
+    """
+    stored = _stored_dataset(dataset)
+    if stored is None:
+        return []
+    sizes = []
+    for sample in stored.samples[:count]:
+        try:
+            sizes.append(_image_size(stored, sample))
+        except Exception:  # noqa: BLE001 - a warning's check never stops training
+            continue
+    return sizes
+
+
+def _image_size(dataset: SegmentationDataset, sample: Any) -> tuple[int, int]:
+    first = sample[0] if isinstance(sample, tuple | list) and sample else None
+    if isinstance(first, Path):
+        try:
+            return image_size(first)
+        except PixelwiseError:
+            pass  # not a picture (a .mat file, say): the reader decodes it below
+    height, width = dataset.load_image(sample).shape[-2:]
+    return int(height), int(width)
+
+
+def _stored_dataset(dataset: Any) -> SegmentationDataset | None:
+    """The :class:`SegmentationDataset` under any views (each keeps it as ``base``)."""
+    for _ in range(8):  # views nest a few deep at most; never loop on a strange object
+        if isinstance(dataset, SegmentationDataset):
+            return dataset
+        dataset = getattr(dataset, "base", None)
+    return None
 
 
 class InstanceTransform:
