@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="train a small U-Net on the built-in shapes dataset (CPU, minutes)"
     )
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    _add_progress(demo)
 
     train = sub.add_parser("train", help="train from a YAML config")
     train.add_argument("config", help="a YAML file, e.g. configs/enet_camvid.yaml")
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "train.epochs, train.eval_every, train.log_every, train.vis_samples, train.device, "
         "data.num_workers and data.root may differ, any other difference is refused",
     )
+    _add_progress(train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a split")
     ev.add_argument("--checkpoint", required=True)
@@ -190,6 +192,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines"),
+        default="auto",
+        help="a live bar (loss terms, lr, images/s, time left), or one plain line every "
+        "train.log_every steps; auto: a bar on a terminal, lines in a file or a cluster log",
+    )
+    shown.add_argument(
+        "--quiet", action="store_true", help="neither bar nor step lines (scores and errors stay)"
+    )
+
+
+def _progress(args) -> str:
+    return "quiet" if args.quiet else args.progress
+
+
 def _add_tta(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="average with the horizontal flip")
     parser.add_argument(
@@ -260,7 +280,7 @@ def cmd_demo(args) -> int:
 
     with resources.as_file(resources.files("pixelwise") / "configs" / "demo.yaml") as path:
         config = load_config(path, args.overrides)
-    return _run_training(config, resume=None)
+    return _run_training(config, resume=None, progress=_progress(args))
 
 
 def cmd_train(args) -> int:
@@ -269,14 +289,14 @@ def cmd_train(args) -> int:
     # With --resume the config file and overrides must agree with the run's own config except in
     # engine.run.RESUME_MAY_CHANGE (run length, reporting, data root, device); build_run checks.
     config = load_config(args.config, args.overrides)
-    return _run_training(config, resume=args.resume)
+    return _run_training(config, resume=args.resume, progress=_progress(args))
 
 
-def _run_training(config, resume: str | None) -> int:
+def _run_training(config, resume: str | None, progress: str = "auto") -> int:
     from pixelwise.engine.train import Trainer
 
     started = time.perf_counter()
-    trainer = Trainer.from_config(config, resume=resume)
+    trainer = Trainer.from_config(config, resume=resume, progress=progress)
     if trainer.dist.is_main:
         print(
             f"training {config.model.name} on {config.data.dataset} ({len(trainer.train_set)} train / "
@@ -299,7 +319,7 @@ def _run_training(config, resume: str | None) -> int:
         print(scores.format(trainer.classes))  # the task's table (an instance run: COCO AP)
     print(
         f"best val {trainer.task.score_name} {100 * trainer.best_score:.2f} | {time.perf_counter() - started:.0f} s | "
-        f"run folder {trainer.run_dir} (config.yaml, metrics.jsonl, best.pt, last.pt, "
+        f"run folder {trainer.run_dir} (config.yaml, metrics.jsonl, train_log.jsonl, best.pt, last.pt, "
         "predictions.png, tensorboard/)"
     )
     return 0

@@ -51,7 +51,9 @@ def new_run_dir(out_dir: str, name: str) -> Path:
 
 # What a run writes into its run folder besides checkpoints: all of it is removed again when the
 # run made the folder and ends before it saved a checkpoint (:func:`remove_stub_run_dir`).
-RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "predictions.png")
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "train_log.jsonl", "predictions.png")
+# Logs of rows with a step: a resumed run drops the rows past its checkpoint from each.
+STEP_LOGS = ("metrics.jsonl", "train_log.jsonl")
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
 
 
@@ -86,11 +88,14 @@ def foreign_folder_reason(checkpoint: Path, started: dict[str, Any] | None) -> s
 
 
 def drop_metrics_after(run_dir: Path, step: int) -> int:
-    """Drop the rows of ``run_dir/metrics.jsonl`` logged after ``step`` (by a run killed after its
-    evaluation but before its checkpoint), so the resumed run does not log them twice; the file is
-    rewritten beside and renamed over. Lines that are not a record with a step are kept. Returns
-    the number of rows dropped."""
-    path = run_dir / "metrics.jsonl"
+    """Drop the rows of the run's step logs (:data:`STEP_LOGS`) logged after ``step`` (by a run
+    killed after it logged but before its checkpoint), so the resumed run does not log them twice;
+    a file is rewritten beside and renamed over. Lines that are not a record with a step are kept.
+    Returns the number of rows dropped."""
+    return sum(_drop_rows_after(run_dir / name, step) for name in STEP_LOGS)
+
+
+def _drop_rows_after(path: Path, step: int) -> int:
     if not path.is_file():
         return 0
     text = path.read_text()

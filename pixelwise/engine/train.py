@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Subset
-from tqdm import tqdm
 
 from pixelwise.config import Config, dump_config
 from pixelwise.engine.checkpoint import capture_rng, first_nonfinite, save_checkpoint
@@ -31,6 +30,7 @@ from pixelwise.engine.distributed import leave_process_group, unwrap
 from pixelwise.engine.evaluate import Evaluator
 from pixelwise.engine.loader import EpochBatchSampler, close_loader, make_loader
 from pixelwise.engine.precision import Precision, float32
+from pixelwise.engine.progress import LogRow, Progress, resolve_mode
 from pixelwise.engine.run import Run, build_run
 from pixelwise.engine.rundir import StopRequest, remove_stub_run_dir, write_run_json
 from pixelwise.errors import PixelwiseError
@@ -82,7 +82,9 @@ class Trainer:
 
     Args:
         run: the built parts (:func:`~pixelwise.engine.run.build_run`).
-        progress: show tqdm bars (default: only on a terminal).
+        progress: how the run shows its steps (:mod:`pixelwise.engine.progress`): ``auto`` or
+            None (a bar on a terminal, plain lines every ``train.log_every`` steps otherwise),
+            ``bar``, ``lines``, ``quiet``; True is ``bar`` and False ``quiet``.
     """
 
     # The built parts are the run's, read through (one copy of each, never a second one here).
@@ -97,10 +99,11 @@ class Trainer:
     stage_starts, stage_streams = _part("stage_starts"), _part("stage_streams")
     run_dir, run_info = _part("run_dir"), _part("run_info")
 
-    def __init__(self, run: Run, *, progress: bool | None = None) -> None:
+    def __init__(self, run: Run, *, progress: str | bool | None = None) -> None:
         self.run = run
         self.step, self.best_score = run.step, run.best_score
-        self.progress = progress
+        self.progress_mode = resolve_mode(progress) if run.dist.is_main else "quiet"
+        self.shown: Progress | None = None
         # The newest checkpoint of this run and its step (all finite): a resumed run's is the one
         # it started from, then each one saved; what a stopped run's message names.
         self.kept: tuple[Path, int] | None = (
@@ -113,6 +116,7 @@ class Trainer:
         self.eval_seconds = 0.0
         self.train_images_per_s = 0.0
         self._losses = RunningMeans()
+        self._interval = RunningMeans()  # loss terms since the previous log step
         self._loaders: dict[int, Any] = {}
 
     @classmethod
@@ -122,7 +126,7 @@ class Trainer:
         *,
         run_dir: str | Path | None = None,
         resume: str | Path | None = None,
-        progress: bool | None = None,
+        progress: str | bool | None = None,
     ) -> Trainer:
         """Build the run of ``config`` (:func:`~pixelwise.engine.run.build_run`) and its loop."""
         return cls(build_run(config, run_dir=run_dir, resume=resume), progress=progress)
@@ -262,11 +266,7 @@ class Trainer:
         goes again (:func:`~pixelwise.engine.rundir.remove_stub_run_dir`).
         """
         stop_at = self.total_iters if max_steps is None else min(max_steps, self.total_iters)
-        show = self.dist.is_main and self.progress is not False
-        bar = tqdm(
-            total=stop_at, initial=self.step, desc=self.cfg.name, dynamic_ncols=True,
-            disable=None if self.progress is None else not show, leave=False,
-        )  # fmt: skip
+        bar = self.shown = Progress(self.progress_mode, stop_at, self.step, self.cfg.name)
         self.eval_seconds = 0.0
         try:
             if self.dist.is_main:
@@ -292,12 +292,12 @@ class Trainer:
         purge = self.step + 1 if self.step else None
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
 
-    def _loop(self, stop: StopRequest, stop_at: int, bar: tqdm) -> Report | None:
+    def _loop(self, stop: StopRequest, stop_at: int, bar: Progress) -> Report | None:
         """Steps until ``stop_at`` or a stop; returns the last scores (None when none ran)."""
         last_scores: Report | None = None
         self.net.train()
         self._losses = RunningMeans()
-        seen = 0
+        seen, first = 0, self.step
         tick = time.perf_counter()
         while self.step < stop_at and not stop.requested:
             for batch in self._batches(self._train_loader(self.step), stop):
@@ -316,30 +316,28 @@ class Trainer:
                         f"{self.cfg.optim.lr}), check the labels, or set train.skip_nonfinite: true."
                     )
                 self._losses.add({"loss": loss, **result.terms})
+                self._interval.add({"loss": loss, **result.terms})
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.scheduler.step()
                 self.step += 1
                 seen += self.task.batch_size(inputs) * self.dist.world_size
                 if not stepped:
                     self.skipped += 1
-                    if self.dist.is_main:
-                        tqdm.write(
-                            f"step {self.step}: loss or gradients not finite, batch skipped "
-                            f"(train.skip_nonfinite; {self.skipped} so far)"
-                        )
+                    bar.warn(
+                        f"step {self.step}: loss or gradients not finite, batch skipped "
+                        f"(train.skip_nonfinite; {self.skipped} so far)"
+                    )
                 if self.step % self.cfg.train.log_every == 0 or self.step == stop_at:
                     self.check_finite()
                     speed = self.images_per_second(seen, tick)
-                    terms = {"loss": loss, **result.terms}
-                    bar.set_postfix(
-                        {**{_short(k): f"{v:.4f}" for k, v in terms.items()},
-                         "lr": f"{lr:.2e}", "img_s": f"{speed:.1f}"}
+                    row = LogRow(
+                        self.step, stop_at, self.step / self.iters_per_epoch,
+                        self._interval.pop() or {"loss": loss}, lr, speed,
+                        self._seconds_left(self.step - first, tick, stop_at),
                     )  # fmt: skip
-                    self._log_scalars(
-                        {**{f"train/{k}": v for k, v in terms.items()},
-                         "train/lr": lr, "train/images_per_s": speed}
-                    )  # fmt: skip
-                bar.update(1)
+                    bar.log(row)
+                    self._log_row(row)
+                bar.advance()
                 end_of_epoch = self.step % self.iters_per_epoch == 0
                 if self._should_eval(end_of_epoch) and self.cfg.train.iters is not None:
                     last_scores = self._validate_unless_stopped(stop, last_scores)
@@ -376,7 +374,7 @@ class Trainer:
                 raise
             return last
 
-    def _end(self, bar: tqdm) -> None:
+    def _end(self, bar: Progress) -> None:
         """Stop the loaders' workers, the progress bar and the tensorboard writer."""
         for loader in self._loaders.values():
             close_loader(loader)
@@ -410,6 +408,23 @@ class Trainer:
         """Training throughput since ``since``, leaving out the time spent evaluating."""
         return seen / max(1e-9, time.perf_counter() - since - self.eval_seconds)
 
+    def _seconds_left(self, done: int, since: float, stop_at: int) -> float | None:
+        """The time the remaining steps take at this start's pace (evaluations left out)."""
+        spent = time.perf_counter() - since - self.eval_seconds
+        if done <= 0 or spent <= 0:
+            return None
+        return (stop_at - self.step) * spent / done
+
+    def _log_row(self, row: LogRow) -> None:
+        """A log step into ``train_log.jsonl`` and tensorboard (the main process only)."""
+        if not self.dist.is_main:
+            return
+        append_line(self.run_dir / "train_log.jsonl", json.dumps(row.as_dict()))
+        self._log_scalars(
+            {**{f"train/{k}": v for k, v in row.terms.items()},
+             "train/lr": row.lr, "train/images_per_s": row.images_per_s}
+        )  # fmt: skip
+
     def _log_scalars(self, values: dict[str, float]) -> None:
         if self.writer is not None:
             for key, value in values.items():
@@ -442,12 +457,14 @@ class Trainer:
         self.history.append(record)
         append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         self._log_scalars({f"val/{k}": v for k, v in report.scalars().items()})
+        self._log_scalars(per_class_scalars(report, self.classes))
         grid = self.prediction_picture()
         save_png(grid, self.run_dir / "predictions.png")
         if self.writer is not None:
             self.writer.add_image("val/predictions", grid, self.step, dataformats="HWC")
         summary = ", ".join(f"{k} {100 * v:.2f}" for k, v in list(report.scalars().items())[:1])
-        tqdm.write(f"step {self.step}: val {summary}")
+        if self.shown is not None:
+            self.shown.note(f"step {self.step}: val {summary}")
         if report.score > self.best_score:
             self.best_score = report.score
             self.save("best.pt")
@@ -493,6 +510,15 @@ def _worker_lost(error: RuntimeError, stop: StopRequest) -> bool:
     return stop.requested and "DataLoader worker" in str(error)
 
 
-def _short(term: str) -> str:
-    """A loss term's name for the progress bar: ``loss_classifier`` -> ``classifier``."""
-    return term.removeprefix("loss_") if term != "loss" else term
+def per_class_scalars(report: Report, classes: list[str]) -> dict[str, float]:
+    """TensorBoard's ``val_iou/<class>`` of a report with per-class IoU (an instance run's
+    painted class map too); classes absent from the split (NaN) are left out."""
+    scores = getattr(report, "semantic", report)
+    iou = getattr(scores, "iou", None)
+    if iou is None:
+        return {}
+    return {
+        f"val_iou/{name}": float(value)
+        for name, value in zip(classes, iou, strict=False)
+        if value is not None and math.isfinite(value)
+    }
