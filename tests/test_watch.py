@@ -184,3 +184,19 @@ def test_the_start_says_the_unit_of_every_interval(tmp_path):
     assert "logging every" in line and "iteration(s) (train.log_every)" in line
     line = _intervals(load_config(_epochs_recipe(tmp_path), ["train.iters=50"]).train, 3)
     assert "length: 50 iterations (train.iters); validating every 5 iteration(s)" in line
+
+
+def test_the_readme_training_example_runs(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    (example,) = [b for b in blocks if "Trainer.from_config" in b]
+    assert '"train.iters=200"' in example
+    monkeypatch.chdir(Path(__file__).parents[1])
+    short = example.replace(
+        '"train.iters=200"', f'"train.iters=2", "train.out_dir={tmp_path}", "data.num_workers=0"'
+    )
+    exec(compile(short, "README.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines()[-1].startswith("mIoU")
+    assert (tmp_path / "unet_try" / "best.pt").is_file()
