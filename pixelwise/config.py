@@ -2,12 +2,16 @@
 
 The schema is documented field by field in docs/config-schema.md. Every key is checked: an unknown
 one is an error that lists the valid keys of its section, so a typo never silently does nothing.
+A file may extend others (``base: other.yaml``): they are loaded first and its sections merged over
+them (``load_config``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import os
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,10 +328,68 @@ def validate(config: Config, source: str) -> None:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config and apply ``key=value`` overrides (values parsed as YAML)."""
+    """Read a YAML config, its bases merged under it, and apply ``key=value`` overrides (values
+    parsed as YAML) last."""
     path = Path(path)
+    data, bases = _read_with_bases(path, ())
+    apply_overrides(data, overrides or [], str(path))
+    _one_length(data, _override_keys(overrides or []))
+    return config_from_dict(data, _describe_source(path, bases))
+
+
+def load_config_data(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config holds, with the files its ``base:`` names merged under it.
+
+    Every base file's keys and types are checked on their own (an error names that file); the
+    merged mapping is what :func:`config_from_dict` takes, and it has no ``base`` key.
+    """
+    return _read_with_bases(Path(path), ())[0]
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], list[Path]]:
+    """``path``'s mapping over its bases (each read the same way, recursively) and the base files
+    read, in the order they were merged; ``chain`` is the files whose bases led here.
+
+    A base is loaded first, then each later base and finally ``path``'s own sections are merged
+    over it: mappings key by key, lists and scalars replaced. ``path`` setting one run length
+    (``train.iters``) clears its bases' other one, as an override does.
+    """
+    data = _read_mapping(path, chain[-1] if chain else None)
+    names = _base_names(data.pop("base", None), path)
+    if not names:
+        return data, []
+    merged: dict[str, Any] = {}
+    read: list[Path] = []
+    for name in names:
+        base = Path(os.path.normpath(path.parent / name))
+        if not base.is_file():
+            raise PixelwiseError(
+                f"Config file {path} names base {name!r}, but {base} does not exist; fix the "
+                "path in its base: key (it is relative to the folder of the file that names it)."
+            )
+        if base.resolve() in {p.resolve() for p in (*chain, path)}:
+            loop = " -> ".join(str(p) for p in (*chain, path, base))
+            raise PixelwiseError(
+                f"Config file {path} names base {name!r}, which is already in its chain of bases "
+                f"({loop}); remove one of these base: keys so that no file is its own base."
+            )
+        base_data, base_read = _read_with_bases(base, (*chain, path))
+        # Checked here, on its own, so that a wrong key or type names the file that holds it.
+        _build(Config, copy.deepcopy(base_data), str(base), prefix="")
+        merged = _merge(merged, base_data)
+        _one_length(merged, _train_keys(base_data))
+        read += [*base_read, base]
+    merged = _merge(merged, data)
+    _one_length(merged, _train_keys(data))
+    return merged, read
+
+
+def _read_mapping(path: Path, named_by: Path | None = None) -> dict[str, Any]:
+    """The YAML mapping in ``path``, refused in one sentence when the file is missing, is not
+    YAML or holds something other than a mapping; ``named_by`` is the file whose base it is."""
     if not path.is_file():
         raise PixelwiseError(f"Config file {path} does not exist; see configs/ for the recipes.")
+    name = f"Config file {path}" + (f" (the base of {named_by})" if named_by else "")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -336,22 +398,61 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise PixelwiseError(
-            f"Config file {path} is not valid YAML{where} ({problem}); fix the syntax there."
+            f"{name} is not valid YAML{where} ({problem}); fix the syntax there."
         ) from None
     if not isinstance(data, dict):
+        raise PixelwiseError(f"{name} must hold a mapping of sections, got {_show(data)}.")
+    return data
+
+
+def _base_names(value: Any, path: Path) -> list[str]:
+    """The files a config's ``base:`` names: one path or a list of paths (null for none)."""
+    if value is None:
+        return []
+    names = value if isinstance(value, list) else [value]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise PixelwiseError(
-            f"Config file {path} must hold a mapping of sections, got {_show(data)}."
+            f"Config file {path}: base is {_show(value)} but must be a file name or a list of "
+            "them, relative to this file's folder; write it like base: fcdensenet56_camvid.yaml."
         )
-    apply_overrides(data, overrides or [], str(path))
-    _one_length(data, overrides or [])
-    return config_from_dict(data, str(path))
+    return names
 
 
-def _one_length(data: dict[str, Any], overrides: list[str]) -> None:
-    """An override of one run length clears the recipe's other one (``train.iters=300`` on an
-    epochs recipe trains 300 iterations); the recipe's ``eval_every`` counted the other unit, so
-    unless it was overridden too it becomes ten validations over the new length."""
-    keys = {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: mappings key by key, anything else replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _describe_source(path: Path, bases: list[Path]) -> str:
+    """How an error in the merged config names where it came from."""
+    if not bases:
+        return str(path)
+    which = "base" if len(bases) == 1 else "bases"
+    return f"{path} (with its {which} {', '.join(str(b) for b in bases)})"
+
+
+def _override_keys(overrides: list[str]) -> set[str]:
+    return {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
+
+
+def _train_keys(data: dict[str, Any]) -> set[str]:
+    """The dotted ``train.*`` keys a config file sets itself."""
+    train = data.get("train")
+    return {f"train.{key}" for key in train} if isinstance(train, dict) else set()
+
+
+def _one_length(data: dict[str, Any], keys: set[str]) -> None:
+    """Setting one run length over a recipe that has the other clears the other
+    (``train.iters=300`` on an epochs recipe trains 300 iterations): ``keys`` are the dotted keys
+    set, by command-line overrides or by a config file over its base. The recipe's ``eval_every``
+    counted the other unit, so unless it was set too it becomes ten validations over the new
+    length."""
     train = data.get("train")
     if not isinstance(train, dict):
         return

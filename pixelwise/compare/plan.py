@@ -21,7 +21,13 @@ from typing import Any
 import torch
 import yaml
 
-from pixelwise.config import Config, DataConfig, apply_overrides, config_from_dict
+from pixelwise.config import (
+    Config,
+    DataConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config_data,
+)
 from pixelwise.errors import PixelwiseError
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -147,10 +153,7 @@ def base_config_dict(path: str | None) -> dict[str, Any]:
         raise PixelwiseError(
             f"--config {file} does not exist; give a YAML config, e.g. configs/enet_camvid.yaml."
         )
-    data = yaml.safe_load(file.read_text()) or {}
-    if not isinstance(data, dict):
-        raise PixelwiseError(f"--config {file} must hold a mapping of sections.")
-    return data
+    return load_config_data(file)
 
 
 def network_config(
@@ -169,7 +172,7 @@ def network_config(
     dataset = settings.dataset or (data.get("data") or {}).get("dataset", "shapes")
     recipe = RECIPES_DIR / f"{name}_{dataset}.yaml"
     if settings.recipes and recipe.is_file():
-        data = yaml.safe_load(recipe.read_text()) or {}
+        data = load_config_data(recipe)
         source = f"recipe {recipe.relative_to(RECIPES_DIR.parent)}"
         options = dict((data.get("model") or {}).get("options") or {})
     else:
