@@ -122,6 +122,11 @@ def plot_runs(folders: Sequence[Path], out: Path, *, per_class_of: int = 0) -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not 0 <= per_class_of < len(folders):
+        raise PixelwiseError(
+            f"--per-class-of is {per_class_of}, but {len(folders)} run(s) were given; give the "
+            f"position of one of them, 0 to {len(folders) - 1}."
+        )
     runs = [read_run(Path(f)) for f in folders]
     names = _distinct_names(runs)
     score = headline(runs)
@@ -146,9 +151,7 @@ def plot_runs(folders: Sequence[Path], out: Path, *, per_class_of: int = 0) -> P
             x, y = _series(run.val, score)
             if x:
                 score_ax.plot(x, [100 * v for v in y], "o-", color=colour, label=name, ms=3)
-    _per_class(
-        class_ax, runs[min(per_class_of, len(runs) - 1)], names[min(per_class_of, len(runs) - 1)]
-    )
+    _per_class(class_ax, runs[per_class_of], names[per_class_of])
     loss_ax.set_title("training loss")
     lr_ax.set_title("learning rate")
     score_ax.set_title(f"validation {_pretty(score)}" if score else "validation (no scores)")

@@ -36,7 +36,7 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_file():
     assert resolve_mode("auto", io.StringIO()) == "lines"
     assert resolve_mode(True) == "bar" and resolve_mode(False) == "quiet"
     assert resolve_mode("lines", _Terminal()) == "lines"
-    with pytest.raises(ValueError, match="one of auto, bar, lines, quiet"):
+    with pytest.raises(PixelwiseError, match="one of auto, bar, lines, quiet"):
         resolve_mode("loud")
 
 
@@ -139,6 +139,8 @@ def test_plot_refuses_a_folder_without_logs(tmp_path):
         read_run(tmp_path)
     with pytest.raises(PixelwiseError, match="is not a folder"):
         plot_runs([tmp_path / "missing"], tmp_path / "c.png")
+    with pytest.raises(PixelwiseError, match="--per-class-of is 2, but 1 run"):
+        plot_runs([tmp_path], tmp_path / "c.png", per_class_of=2)
 
 
 def test_names_ignore_case_and_a_typo_is_matched_without_case():

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from pixelwise.errors import PixelwiseError
+
 #: How a run shows its progress; ``auto`` is a bar on a terminal and lines otherwise.
 MODES = ("auto", "bar", "lines", "quiet")
 
@@ -34,7 +36,7 @@ def resolve_mode(mode: str | bool | None, stream: TextIO | None = None) -> str:
         stream = stream or sys.stderr
         return "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
     if mode not in MODES:
-        raise ValueError(f"progress is {mode!r}; it is one of {', '.join(MODES)}")
+        raise PixelwiseError(f"progress is {mode!r}; it is one of {', '.join(MODES)}.")
     return mode
 
 
