@@ -53,6 +53,7 @@ class DataConfig:
     # Semi-supervised runs keep the pixel labels of a seeded part of the training split only
     # (pixelwise/data/subset.py); at most one of the two may be set.
     labeled_fraction: float | None = field(default=None, metadata={"example": 0.125})
+    labeled_per_class: int | None = field(default=None, metadata={"example": 25})
     labeled_list: str | None = field(default=None, metadata={"example": "labeled.txt"})
 
     def split_options(self, split: str) -> dict[str, Any]:
@@ -309,10 +310,22 @@ def validate(config: Config, source: str) -> None:
             f"{source}: data.labeled_fraction is {_show(fraction)}; it must lie in (0, 1], "
             "e.g. 0.125 to keep the pixel labels of an eighth of the training split."
         )
-    if fraction is not None and config.data.labeled_list is not None:
+    per_class = config.data.labeled_per_class
+    if per_class is not None and per_class < 1:
         raise PixelwiseError(
-            f"{source}: data.labeled_fraction and data.labeled_list are both set; keep one "
-            "(a fraction draws the labelled images, a list names them)."
+            f"{source}: data.labeled_per_class is {_show(per_class)}; it must be at least 1, "
+            "e.g. 25 to keep the pixel labels of 25 images of each class (DecoupledNet's setting)."
+        )
+    modes = [
+        f"data.{key}"
+        for key in ("labeled_fraction", "labeled_per_class", "labeled_list")
+        if getattr(config.data, key) is not None
+    ]
+    if len(modes) > 1:
+        raise PixelwiseError(
+            f"{source}: {' and '.join(modes)} are {'both' if len(modes) == 2 else 'all'} set; "
+            "keep one (a fraction draws the "
+            "labelled images, a count per class draws that many of each class, a list names them)."
         )
     train = config.train
     if (train.epochs is None) == (train.iters is None):

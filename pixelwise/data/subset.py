@@ -1,9 +1,22 @@
 """Fewer pixel labels: a fixed, seeded part of a training split keeps its masks, the rest does not.
 
-``data.labeled_fraction`` draws ``round(fraction × N)`` (at least one) of the split's N samples
-from ``train.seed`` alone; ``data.labeled_list`` names them in a text file, one sample id a line.
-The draw is a pure function of the seed and N: it never touches torch's or numpy's global RNG, so a
-resumed run and every rank of a distributed run hold the same subset.
+Three ways to choose the labelled samples, at most one a run:
+
+- ``data.labeled_per_class: N`` (:func:`per_class_subset`), the semi-supervised papers' protocol
+  (DecoupledNet's 25, 10 and 5 strong annotations per class on VOC): every class that the split
+  shows gets at least N labelled images that contain it (all of them where the split has fewer).
+  Classes are served rarest first (fewest images in the split; ties by class id), each taking the
+  images it still lacks from one seeded order of the split, skipping those already chosen; an
+  image chosen for one class counts for every class it shows, so the subset is usually smaller
+  than N x classes.
+- ``data.labeled_fraction`` draws ``round(fraction × N)`` (at least one) of the split's N samples.
+- ``data.labeled_list`` names them in a text file, one sample id a line.
+
+A draw is a pure function of ``train.seed`` and the split: it never touches torch's or numpy's
+global RNG, so a resumed run and every rank of a distributed run hold the same subset.
+:func:`write_labeled_list` writes the subset a run holds as such a list (each line annotated with
+the classes the image shows), so that it can be read, and named again with ``data.labeled_list``
+to train on exactly the same images.
 
 Two views of a split follow from the subset:
 
@@ -39,6 +52,10 @@ from pixelwise.errors import PixelwiseError
 #: Mixed into the seed so that the labelled subset is not the first samples of epoch 0's order
 #: (the loader draws its permutations from the same ``train.seed``).
 _SUBSET_STREAM = 0x5EB5E7
+#: The per-class draw's own stream, apart from the fraction draw's.
+_PER_CLASS_STREAM = 0xC1A55
+#: The file a run's labelled subset is written to, in its run folder.
+LABELED_LIST_NAME = "labeled.txt"
 
 
 def sample_id(dataset: Any, index: int) -> str:
@@ -64,6 +81,58 @@ def fraction_subset(size: int, fraction: float, seed: int) -> list[int]:
     count = min(size, max(1, math.floor(fraction * size + 0.5)))
     order = np.random.default_rng([seed, _SUBSET_STREAM]).permutation(size)
     return sorted(int(i) for i in order[:count])
+
+
+def class_presence(dataset: Any) -> np.ndarray:
+    """N x C booleans: which classes each sample's mask shows (ignore aside).
+
+    Decodes every mask of the split once (the per-class draw needs the whole split's labels).
+    """
+    classes = dataset.num_classes
+    presence = np.zeros((len(dataset), classes), dtype=bool)
+    for index in range(len(dataset)):
+        mask = dataset.load_mask(dataset.samples[index])
+        presence[index] = image_labels_of(mask, classes).numpy() > 0
+    return presence
+
+
+def per_class_subset(presence: np.ndarray, per_class: int, seed: int) -> list[int]:
+    """Indices such that every class shown by some sample is shown by at least ``per_class`` of
+    them (by all of them where fewer show it), drawn from ``seed``.
+
+    Greedy over the classes from the rarest (fewest samples showing it; ties by class id): each
+    takes the samples it still lacks in the order of one seeded permutation of all samples,
+    skipping those already chosen, and every class a taken sample shows is counted as served.
+
+    Args:
+        presence: N x C booleans, sample n shows class c (:func:`class_presence`).
+        per_class: N, at least 1.
+        seed: ``train.seed``.
+
+    Returns:
+        Sorted indices; the same for the same ``(presence, per_class, seed)`` whatever the global
+        RNG state, process or rank.
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, int | np.integer) or per_class < 1:
+        raise PixelwiseError(
+            f"data.labeled_per_class is {per_class!r}; it must be a whole number of images per "
+            "class of at least 1, e.g. 25 (the paper's 25, 10 or 5)."
+        )
+    presence = np.asarray(presence, dtype=bool)
+    size = presence.shape[0]
+    order = np.random.default_rng([seed, _PER_CLASS_STREAM]).permutation(size)
+    shown = presence[order]  # rows in the drawn order
+    taken = np.zeros(size, dtype=bool)  # by position in the drawn order
+    served = np.zeros(presence.shape[1], dtype=np.int64)
+    images_per_class = presence.sum(axis=0)
+    for cls in sorted(np.flatnonzero(images_per_class), key=lambda c: (images_per_class[c], c)):
+        lacking = per_class - int(served[cls])
+        if lacking <= 0:
+            continue
+        picks = np.flatnonzero(shown[:, cls] & ~taken)[:lacking]
+        taken[picks] = True
+        served += shown[picks].sum(axis=0)
+    return sorted(int(i) for i in order[taken])
 
 
 def list_subset(dataset: Any, list_file: str | Path) -> list[int]:
@@ -110,18 +179,101 @@ def list_subset(dataset: Any, list_file: str | Path) -> list[int]:
     return sorted(chosen)
 
 
+def subset_mode(cfg: Any) -> str | None:
+    """Which of ``data.labeled_per_class``, ``data.labeled_fraction`` and ``data.labeled_list``
+    chooses the labelled subset (its key), or None when none is set (all labelled).
+
+    Raises:
+        PixelwiseError: more than one is set.
+    """
+    d = cfg.data
+    # getattr: a config whose data section has no labeled_per_class field reads as unset.
+    values = {
+        "labeled_per_class": getattr(d, "labeled_per_class", None),
+        "labeled_fraction": d.labeled_fraction,
+        "labeled_list": d.labeled_list,
+    }
+    given = [f"data.{key}" for key, value in values.items() if value is not None]
+    if len(given) > 1:
+        raise PixelwiseError(
+            f"{' and '.join(given)} are set together; keep one (a number per class or a fraction "
+            "draws the labelled images, a list names them)."
+        )
+    return given[0].removeprefix("data.") if given else None
+
+
 def labeled_subset(dataset: Any, cfg: Any) -> list[int] | None:
     """The indices of ``dataset`` that keep their pixel labels under ``cfg.data``.
 
-    None when neither ``data.labeled_fraction`` nor ``data.labeled_list`` is set (all labelled).
-    A pure function of the config (``train.seed``) and the dataset: every rank computes the same.
+    None when none of ``data.labeled_per_class``, ``data.labeled_fraction`` and
+    ``data.labeled_list`` is set (all labelled). A pure function of the config (``train.seed``)
+    and the dataset: every rank computes the same.
     """
     d = cfg.data
-    if d.labeled_list is not None:
+    mode = subset_mode(cfg)
+    if mode == "labeled_list":
         return list_subset(dataset, d.labeled_list)
-    if d.labeled_fraction is not None:
+    if mode == "labeled_fraction":
         return fraction_subset(len(dataset), d.labeled_fraction, cfg.train.seed)
+    if mode == "labeled_per_class":
+        return per_class_subset(class_presence(dataset), d.labeled_per_class, cfg.train.seed)
     return None
+
+
+def write_labeled_list(
+    path: str | Path, dataset: Any, indices: Sequence[int], header: Sequence[str] = ()
+) -> Path:
+    """Write the ids of ``dataset``'s samples ``indices`` to ``path``, one a line, as
+    ``data.labeled_list`` reads them (:func:`list_subset` gives ``indices`` back).
+
+    Each line ends with a comment naming the classes the sample's mask shows, and the file opens
+    with ``header`` and the number of chosen images per class, as comments. Written to a
+    temporary file and renamed, so a reader never sees half a list.
+    """
+    path = Path(path)
+    names = list(getattr(dataset, "classes", ())) or [str(c) for c in range(dataset.num_classes)]
+    per_class = np.zeros(dataset.num_classes, dtype=np.int64)
+    lines = []
+    for index in sorted(int(i) for i in indices):
+        shown = image_labels_of(dataset.load_mask(dataset.samples[index]), dataset.num_classes)
+        classes = np.flatnonzero(shown.numpy() > 0)
+        per_class[classes] += 1
+        lines.append(f"{sample_id(dataset, index)}  # {' '.join(names[c] for c in classes)}")
+    counts = ", ".join(f"{names[c]} {int(n)}" for c, n in enumerate(per_class))
+    split = f"{getattr(dataset, 'name', '')} {getattr(dataset, 'split', '')}".strip()
+    top = [
+        *header,
+        f"{len(lines)} of the {len(dataset)} samples of {split or 'the split'}",
+        f"images per class: {counts}",
+    ]
+    text = "".join(f"# {line}\n" for line in top) + "".join(f"{line}\n" for line in lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def save_labeled_list(train_set: Any, cfg: Any, folder: str | Path) -> Path | None:
+    """Write the labelled subset ``train_set`` holds to ``folder/labeled.txt``
+    (:func:`write_labeled_list`); None, and nothing written, when ``cfg`` sets no subset.
+
+    ``train_set`` is what the task made of the split (:func:`apply_labeled_subset`, possibly
+    inside :class:`Balanced`); its header names the option and the seed that chose it.
+    """
+    mode = subset_mode(cfg)
+    if mode is None:
+        return None
+    view = train_set.source if isinstance(train_set, Balanced) else train_set
+    if isinstance(view, SemiSupervised):
+        indices = view.labeled_indices
+    elif isinstance(view, LabeledSubset):
+        indices = view.indices
+    else:
+        raise TypeError(f"{train_set!r} is no labelled-subset view of a training split")
+    value = getattr(cfg.data, mode)
+    header = [f"data.{mode}: {value}, train.seed: {cfg.train.seed}"]
+    return write_labeled_list(Path(folder) / LABELED_LIST_NAME, view.base, indices, header)
 
 
 def apply_labeled_subset(dataset: Any, cfg: Any, *, keep_unlabeled: bool = False, **kwargs: Any):

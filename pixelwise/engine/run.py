@@ -20,6 +20,7 @@ from torch import nn
 
 from pixelwise.config import Config, config_from_dict
 from pixelwise.data import build_dataset
+from pixelwise.data.subset import save_labeled_list
 from pixelwise.engine.checkpoint import check_compatible, load_checkpoint, restore_rng
 from pixelwise.engine.distributed import DistInfo, init_distributed, resolve_device
 from pixelwise.engine.loader import EpochBatchSampler
@@ -186,6 +187,8 @@ def build_run(
         run.run_info["resumed_from"] = str(run.resumed_from)
     # The last thing built: nothing after this can refuse the run.
     place_run_folder(run, run_dir, checkpoint)
+    if dist.is_main:  # which images kept their pixel labels, when only some did
+        save_labeled_list(run.train_set, run.config, run.run_dir)
     return run
 
 

@@ -51,7 +51,9 @@ def new_run_dir(out_dir: str, name: str) -> Path:
 
 # What a run writes into its run folder besides checkpoints: all of it is removed again when the
 # run made the folder and ends before it saved a checkpoint (:func:`remove_stub_run_dir`).
-RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "train_log.jsonl", "predictions.png")
+RUN_FILES = (
+    "config.yaml", "run.json", "metrics.jsonl", "train_log.jsonl", "predictions.png", "labeled.txt",
+)  # fmt: skip
 # Logs of rows with a step: a resumed run drops the rows past its checkpoint from each.
 STEP_LOGS = ("metrics.jsonl", "train_log.jsonl")
 CHECKPOINT_NAMES = ("last.pt", "best.pt")

@@ -18,8 +18,20 @@ docs/models.md. The released nets run at 320x320 (pool5 10x10, score map 4x4):
   transpose of ``cls_score``, x the fc7 ReLU mask, the transpose of ``fc7``, x the fc6 ReLU mask,
   the transpose of ``fc6``. It is computed with the classifier's weights, detached, and no biases
   (the release's frozen copies with biases zeroed), so it adds no parameters. The weight of class
-  c is ``sigmoid(max score_c)`` times its label (training: the selected class; inference: the
-  detected class), as the release's ``cls-score-masked`` input is.
+  c is its label times a probability, as the release's ``cls-score-masked`` input is; which
+  probability differs between training and inference in the release, and here as there:
+
+  - training: ``sigmoid(max score_c)`` times the selected class's label (the training nets build
+    ``cls-score-masked`` in-net from the MAX-pooled sigmoid: ``training/003_train_seg_25_anno/
+    003_train_seg_25_anno.prototxt`` lines 185-192, the same in 002/004/005);
+  - inference: ``sigmoid(mean score_c)`` (:meth:`DecoupledNet.class_probabilities`), the
+    AVE-pooled sigmoid. The deploy net has both (``model/*/*_inference_deploy.prototxt`` lines
+    143-147, AVE 4x4 -> ``cls-score-avg-sigmoid``, and 151-155, MAX 4x4 -> ``cls-score-sigmoid``)
+    and Caffe lists its outputs in that order, so ``inference/DecoupledNet_inference.m`` lines 52-53
+    read output 1 as ``cls_score`` (the average) and output 2 as ``cls_score_max``, which it never
+    uses again. Detection (line 59, 73, 89) and the weights (line 59: ``cls_score .* (cls_score >
+    0.5)``; line 75: ``label(j) = cls_score(j)``) are all ``cls_score``: the average over the
+    single 4x4 score map of one pass (no crops, no flips).
 - Bridging layers: ``BN(pool5)`` concatenated with ``BN(pool5_bp)`` (1024 channels), ``fc6_seg``
   7x7 conv 1024->2048 + BN + ReLU (10->4), ``fc7_seg`` 1x1 2048->2048 + BN + ReLU, ``fc6_deconv``
   7x7 deconvolution 2048->512 + BN + ReLU (4->10).
@@ -27,12 +39,17 @@ docs/models.md. The released nets run at 320x320 (pool5 10x10, score map 4x4):
   pool argmax and 3x3 deconvolutions + BN + ReLU mirroring VGG16 (512,512,512 | 512,512,256 |
   256,256,128 | 128,64 | 64,64: 13 deconvs), then ``seg_score`` 1x1 64->2 (background,
   figure). The network is class-agnostic: which class it segments comes from ``pool5_bp``.
-- Inference (``model(x)`` in eval mode): a class is detected when its probability exceeds
-  ``threshold`` (0.5, as the release). A background pass (every detected class weighted by its
-  score) gives the background map (channel 0 of its softmax); one pass per detected class gives
-  that class's figure map (channel 1). The maps are divided by their sum over channels and the
-  network returns their logarithm; a class the classifier does not detect gets
-  :data:`UNDETECTED_LOGIT` (-1e4, finite so averaging stays finite) and so never wins a pixel.
+- Inference (``model(x)`` in eval mode), ``inference/DecoupledNet_inference.m`` lines 47-101: a
+  class is detected when its probability (the AVE-pooled sigmoid above) exceeds ``threshold``
+  (0.5, ``run_demo.m`` line 13). A background pass (every detected class weighted by its
+  probability) gives the background map (channel 0 of its softmax); one pass per detected class
+  gives that class's figure map (channel 1). Where the maps sum to 0, background and the detected
+  classes get 1 each (line 91); the maps are divided by their sum over channels (line 94), and
+  these *probabilities* are resized back to the image (line 96, ``imresize`` of
+  ``norm_score_map``) before the argmax (line 101). The network returns the logarithm of the
+  resized probabilities, so that its argmax and softmax are the release's; a class the
+  classifier does not detect gets :data:`UNDETECTED_LOGIT` (-1e4, finite so averaging stays
+  finite) and so never wins a pixel.
 
 Any input size runs as the release's inference does: zero-padded at the bottom/right to a square,
 resized bilinearly to ``input_size`` (the fixed unpooling sizes need it), and the output resized
@@ -40,6 +57,8 @@ back and cropped, so the maps come out at the input's size.
 
 Deviations:
 
+- The probabilities are resized bilinearly (``align_corners=False``); MATLAB's ``imresize`` with no
+  method (line 96) is bicubic, whose overshoot can leave a resized map slightly outside [0, 1].
 - Pretrained weights are torchvision's ImageNet VGG16 (RGB, ImageNet mean/std; classifier fc6/fc7
   converted by :func:`~pixelwise.models.fcn.vgg16_to_fcn_state_dict`) instead of the Caffe VGG16;
   the padding of the square is 0 in the normalised input (the mean colour), not black.
@@ -197,10 +216,10 @@ def _decoder(stages: Sequence[Sequence[int]]) -> nn.ModuleList:
 class DecoupledNet(nn.Module):
     """Classification network, bridging layers and a class-agnostic deconvolution network.
 
-    ``model(x)`` (N x 3 x H x W, any size) returns N x C x H x W log-scores of the combined map
-    (see the module docstring); ``model(x, pairs)`` returns a :class:`DecoupledOutput` for
-    training (the class logits and the figure-ground logits of the given pairs). Training goes
-    through ``forward`` so that DistributedDataParallel sees it.
+    ``model(x)`` (N x 3 x H x W, any size) returns N x C x H x W log-probabilities of the combined
+    map, resized as probabilities (see the module docstring); ``model(x, pairs)`` returns a
+    :class:`DecoupledOutput` for training (the class logits and the figure-ground logits of the
+    given pairs). Training goes through ``forward`` so that DistributedDataParallel sees it.
 
     Args:
         num_classes: C, background (class 0) included; the classifier has C - 1 outputs.
@@ -346,9 +365,15 @@ class DecoupledNet(nn.Module):
         return self.seg_score(x)
 
     def label_weights(self, feats: _Features) -> Tensor:
-        """N x K: ``sigmoid(max score_c)``, the scale of class c's map (the release's
-        ``cls-score-masked`` before the label vector multiplies it)."""
+        """N x K: ``sigmoid(max score_c)``, the scale of class c's map in training (the release's
+        training nets' ``cls-score-masked`` before the label vector multiplies it)."""
         return torch.sigmoid(feats.score_map.detach().amax(dim=(2, 3)))
+
+    def class_probabilities(self, feats: _Features) -> Tensor:
+        """N x K: ``sigmoid(mean score_c)``, the release's inference ``cls_score`` (the deploy
+        net's AVE-pooled sigmoid): what detection thresholds and what weighs class c's map at
+        inference."""
+        return torch.sigmoid(feats.class_logits.detach())
 
     @torch.no_grad()
     def bridging_maps(self, x: Tensor) -> Tensor:
@@ -383,22 +408,34 @@ class DecoupledNet(nn.Module):
             weights = one_hot * self.label_weights(feats)[image]
             logits = self.segment(feats, image, weights)
             return DecoupledOutput(feats.class_logits, self.from_network(logits, size))
-        logits, present = self.combine(feats)
-        # Masked after the resize, which would blur the constant into its neighbours' values.
-        logits = self.from_network(logits, size)
+        probabilities, present = self.combine(feats)
+        return self.log_scores(self.from_network(probabilities, size), present)
+
+    @staticmethod
+    def log_scores(probabilities: Tensor, present: Tensor) -> Tensor:
+        """The log of the combined map (already at the image's size), undetected classes at
+        :data:`UNDETECTED_LOGIT`.
+
+        The release resizes the normalised probabilities and takes their argmax; the log comes
+        after the resize, so the argmax is the release's (a resized log is the log of a geometric,
+        not an arithmetic, mean of the neighbours). The constant is set after the resize too, which
+        would blur it into its neighbours' values.
+        """
+        logits = probabilities.clamp_min(_MIN_PROBABILITY).log()
         return logits.masked_fill(~present[..., None, None], UNDETECTED_LOGIT)
 
     def detect(self, feats: _Features) -> Tensor:
-        """N x K booleans: the classes whose probability exceeds ``threshold``."""
-        return torch.sigmoid(feats.class_logits) > self.threshold
+        """N x K booleans: the classes whose probability (:meth:`class_probabilities`) exceeds
+        ``threshold``."""
+        return self.class_probabilities(feats) > self.threshold
 
     def combine(self, feats: _Features) -> tuple[Tensor, Tensor]:
-        """The combined map at network resolution: log of the normalised background and detected
-        class maps (N x C x S x S), and which of the C classes are present (N x C booleans:
-        background and the detected classes); the caller gives the others :data:`UNDETECTED_LOGIT`."""
+        """The combined map at network resolution: the normalised background and detected class
+        maps (N x C x S x S probabilities, 0 for the classes not detected), and which of the C
+        classes are present (N x C booleans: background and the detected classes)."""
         count = feats.pool5.shape[0]
         detected = self.detect(feats)
-        scale = self.label_weights(feats)
+        scale = self.class_probabilities(feats)
         everyone = torch.arange(count, device=detected.device)
         background = self.segment(feats, everyone, scale * detected.to(scale.dtype))
         maps = feats.pool5.new_zeros(count, self.num_classes, *background.shape[-2:])
@@ -408,9 +445,11 @@ class DecoupledNet(nn.Module):
             weights = F.one_hot(cls, self.num_foreground).to(scale.dtype) * scale[image]
             figure = self.segment(feats, image, weights).softmax(dim=1)[:, 1]
             maps[image, cls + 1] = figure.to(maps.dtype)
-        maps = maps / maps.sum(dim=1, keepdim=True)
         present = torch.cat([detected.new_ones(count, 1), detected], dim=1)
-        return maps.clamp_min(_MIN_PROBABILITY).log(), present
+        # Where every map is 0 (softmax underflow), the present classes tie instead of 0 / 0.
+        empty = maps.sum(dim=1, keepdim=True) <= 0
+        maps = maps + (empty & present[..., None, None]).to(maps.dtype)
+        return maps / maps.sum(dim=1, keepdim=True), present
 
 
 def _build_decouplednet(
