@@ -99,6 +99,9 @@ class LossConfig:
     )
     top_k: int = 512
     aux_weights: list[float] = field(default_factory=list)
+    # A class-weighted average divided by the summed weights (PyTorch, torch7) or by the number of
+    # counted pixels (Caffe's SoftmaxWithLoss); pixelwise/losses.py says why it matters.
+    normalize: str = "weights"
 
 
 @dataclass
@@ -141,6 +144,7 @@ _CHOICES = {
     ("optim", "name"): ("sgd", "adam", "adamw", "rmsprop"),
     ("schedule", "name"): ("poly", "step", "multistep", "cosine", "exponential", "constant"),
     ("loss", "name"): ("ce", "bootstrap_ce"),
+    ("loss", "normalize"): ("weights", "valid"),
 }
 
 

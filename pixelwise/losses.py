@@ -2,6 +2,20 @@
 
 Every loss takes logits N×C×H×W and a target N×H×W with 255 = ignore. A model that returns a centre
 crop (U-Net's valid variant) gets its target centre-cropped here, in one place.
+
+A class-weighted average has two conventions, and the releases of this era use both
+(``loss.normalize``):
+
+- ``weights``: the weighted sum divided by the summed weights of the counted pixels — PyTorch's
+  ``cross_entropy`` and torch7's ``ClassNLLCriterion`` (ENet, LinkNet);
+- ``valid``: the weighted sum divided by the number of counted pixels — Caffe's
+  ``SoftmaxWithLoss`` with its default ``normalize: true`` (SegNet, G-FRNet, with their
+  ``class_weighting``).
+
+The two differ by the mean weight of a batch's labelled pixels, an effective learning-rate factor.
+With SegNet's median-frequency weights on CamVid's train split that mean is 0.47 (0.25-1.13 for
+single images), so a Caffe recipe trained under ``weights`` would move at about 2.1x (0.9-4x) its
+paper's step. Without class weights the two are the same.
 """
 
 from __future__ import annotations
@@ -14,6 +28,9 @@ from torch import Tensor, nn
 from pixelwise.data.base import IGNORE_INDEX
 from pixelwise.models.layers import center_crop
 
+#: How a class-weighted loss is averaged (see the module's docstring).
+NORMALIZATIONS = ("weights", "valid")
+
 
 def match_target(logits: Tensor, target: Tensor) -> Tensor:
     """Centre-crop ``target`` to the logits' size when the model returned a smaller, valid crop."""
@@ -23,21 +40,33 @@ def match_target(logits: Tensor, target: Tensor) -> Tensor:
 class CrossEntropy(nn.Module):
     """Pixel-wise cross entropy averaged over the non-ignored pixels of the batch.
 
-    With ``class_weights`` the average is weighted (PyTorch's convention: divided by the summed
-    weights of the counted pixels), as in SegNet's and ENet's class balancing.
+    With ``class_weights`` each pixel's loss is scaled by its class's weight, and the sum is
+    divided by the summed weights (``normalize="weights"``) or by the number of counted pixels
+    (``"valid"``), as the module's docstring explains.
     """
 
     def __init__(
-        self, class_weights: Tensor | None = None, ignore_index: int = IGNORE_INDEX
+        self,
+        class_weights: Tensor | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        normalize: str = "weights",
     ) -> None:
         super().__init__()
-        self.ignore_index = ignore_index
+        _check_normalize(normalize)
+        self.ignore_index, self.normalize = ignore_index, normalize
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         target = match_target(logits, target)
-        if not bool((target != self.ignore_index).any()):
+        valid = target != self.ignore_index
+        if not bool(valid.any()):
             return logits.sum() * 0.0  # an all-ignore batch contributes nothing (not NaN)
+        if self.normalize == "valid" and self.class_weights is not None:
+            total = F.cross_entropy(
+                logits, target, weight=self.class_weights, ignore_index=self.ignore_index,
+                reduction="sum",
+            )  # fmt: skip
+            return total / valid.sum()
         return F.cross_entropy(
             logits, target, weight=self.class_weights, ignore_index=self.ignore_index
         )
@@ -49,6 +78,8 @@ class BootstrappedCrossEntropy(nn.Module):
     Args:
         top_k: K, the pixels kept per image (fewer when an image has fewer valid pixels).
         class_weights: optional per-class weights applied to each pixel's loss before ranking.
+        normalize: the kept pixels' weighted sum divided by their summed weights (``weights``)
+            or by their number (``valid``).
     """
 
     def __init__(
@@ -56,11 +87,13 @@ class BootstrappedCrossEntropy(nn.Module):
         top_k: int = 512,
         class_weights: Tensor | None = None,
         ignore_index: int = IGNORE_INDEX,
+        normalize: str = "weights",
     ) -> None:
         super().__init__()
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        self.top_k = top_k
+        _check_normalize(normalize)
+        self.top_k, self.normalize = top_k, normalize
         self.ignore_index = ignore_index
         self.register_buffer("class_weights", class_weights, persistent=False)
 
@@ -77,11 +110,16 @@ class BootstrappedCrossEntropy(nn.Module):
         valid = (target != self.ignore_index).flatten(1)
         ranked = pixel_loss.masked_fill(~valid, -1.0)
         k = min(self.top_k, ranked.shape[1])
-        top, _ = ranked.topk(k, dim=1)
+        top, chosen = ranked.topk(k, dim=1)
         keep = top >= 0
         if not bool(keep.any()):
             return logits.sum() * 0.0
-        return top[keep].mean()
+        if self.normalize == "valid" or self.class_weights is None:
+            return top[keep].mean()
+        classes = target.flatten(1).gather(1, chosen)
+        classes = classes.masked_fill(~keep, 0)  # an ignored pixel's 255 indexes no weight
+        weights = self.class_weights[classes].masked_fill(~keep, 0.0)
+        return top[keep].sum() / weights.sum()
 
 
 class WithAuxiliary(nn.Module):
@@ -115,6 +153,11 @@ class WithAuxiliary(nn.Module):
         return loss
 
 
+def _check_normalize(normalize: str) -> None:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize is {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
+
+
 def build_loss(
     name: str,
     *,
@@ -122,12 +165,13 @@ def build_loss(
     top_k: int = 512,
     aux_weights: Sequence[float] = (),
     ignore_index: int = IGNORE_INDEX,
+    normalize: str = "weights",
 ) -> nn.Module:
     """The loss named in a config: ``ce`` or ``bootstrap_ce``, wrapped for auxiliary outputs."""
     if name == "ce":
-        criterion: nn.Module = CrossEntropy(class_weights, ignore_index)
+        criterion: nn.Module = CrossEntropy(class_weights, ignore_index, normalize)
     elif name == "bootstrap_ce":
-        criterion = BootstrappedCrossEntropy(top_k, class_weights, ignore_index)
+        criterion = BootstrappedCrossEntropy(top_k, class_weights, ignore_index, normalize)
     else:
         raise ValueError(f"unknown loss {name!r}; valid: ce, bootstrap_ce")
     return WithAuxiliary(criterion, aux_weights)

@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from pixelwise.errors import PixelwiseError
 from pixelwise.losses import (
     BootstrappedCrossEntropy,
     CrossEntropy,
@@ -60,3 +63,67 @@ def test_valid_model_target_is_centre_cropped():
     assert match_target(logits, target).tolist() == [[[14, 15], [20, 21]]]
     with pytest.raises(ValueError):
         build_loss("dice")
+
+
+# -- how a class-weighted loss is averaged (loss.normalize) --------------------------------------
+def _two_pixels_and_an_ignored_one():
+    """Logits of three pixels, two classes: pixel 0 is class 0 with p=0.5 (loss ln 2), pixel 1 is
+    class 1 with logits (0, ln 3): p = 3/4, loss ln(4/3); pixel 2 is ignored."""
+    logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)], [5.0, -5.0]]).T.reshape(1, 2, 1, 3)
+    target = torch.tensor([[[0, 1, 255]]])
+    return logits, target
+
+
+def test_a_weighted_loss_is_divided_by_the_summed_weights_or_by_the_labelled_pixels():
+    logits, target = _two_pixels_and_an_ignored_one()
+    weights = torch.tensor([1.0, 3.0])
+    weighted_sum = 1.0 * math.log(2.0) + 3.0 * math.log(4.0 / 3.0)
+    pytorch = CrossEntropy(weights, normalize="weights")(logits, target)
+    caffe = CrossEntropy(weights, normalize="valid")(logits, target)
+    assert pytorch.item() == pytest.approx(weighted_sum / 4.0)  # weights 1 + 3
+    assert caffe.item() == pytest.approx(weighted_sum / 2.0)  # two labelled pixels
+    plain = (math.log(2.0) + math.log(4.0 / 3.0)) / 2.0
+    for normalize in ("weights", "valid"):  # without weights the conventions agree
+        assert CrossEntropy(None, normalize=normalize)(logits, target).item() == pytest.approx(
+            plain
+        )
+
+
+def test_the_bootstrapped_loss_normalises_its_kept_pixels_the_same_way():
+    logits, target = _two_pixels_and_an_ignored_one()
+    weights = torch.tensor([1.0, 3.0])
+    weighted_sum = 1.0 * math.log(2.0) + 3.0 * math.log(4.0 / 3.0)
+    kept_all = {"top_k": 3, "class_weights": weights}
+    by_weights = BootstrappedCrossEntropy(**kept_all, normalize="weights")(logits, target)
+    by_pixels = BootstrappedCrossEntropy(**kept_all, normalize="valid")(logits, target)
+    assert by_weights.item() == pytest.approx(weighted_sum / 4.0)
+    assert by_pixels.item() == pytest.approx(weighted_sum / 2.0)
+    # K=1 keeps the harder pixel: 3 ln(4/3) = 0.863 > ln 2 = 0.693, whose weight is 3.
+    one = BootstrappedCrossEntropy(1, weights, normalize="weights")(logits, target)
+    assert one.item() == pytest.approx(math.log(4.0 / 3.0))
+
+
+def test_the_recipes_declare_their_releases_normalisation():
+    from pathlib import Path
+
+    from pixelwise.config import load_config
+
+    configs = Path(__file__).parents[1] / "configs"
+    expected = {"segnet_camvid": "valid", "segnet_camvid32": "valid", "gfrnet_camvid": "valid",
+                "enet_camvid": "weights", "linknet_camvid": "weights"}  # fmt: skip
+    for name, normalize in expected.items():
+        assert load_config(configs / f"{name}.yaml").loss.normalize == normalize, name
+    with pytest.raises(PixelwiseError, match="loss.normalize"):
+        load_config(configs / "enet_camvid.yaml", ["loss.normalize=mean"])
+
+
+def test_a_run_trains_with_the_normalisation_its_recipe_names(tmp_path):
+    from pixelwise.config import config_from_dict
+    from pixelwise.engine.run import build_run
+    from tests.test_engine import tiny_config
+
+    data = tiny_config(tmp_path)
+    data["loss"] = {"class_weights": "median_frequency", "normalize": "valid"}
+    criterion = build_run(config_from_dict(data)).task.criterion
+    assert criterion.criterion.normalize == "valid"
+    assert criterion.criterion.class_weights is not None

@@ -121,7 +121,7 @@ class SemanticTask(Task):
         loss = self.cfg.loss
         self.criterion = build_loss(
             loss.name, class_weights=class_weights_for(self.cfg, train_set), top_k=loss.top_k,
-            aux_weights=loss.aux_weights,
+            aux_weights=loss.aux_weights, normalize=loss.normalize,
         ).to(device)  # fmt: skip
 
     def loss(self, net: nn.Module, inputs: Any, targets: Any) -> tuple[Tensor, dict[str, Tensor]]:
