@@ -74,6 +74,12 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"length": 2})
     alpha: float = 0.99
     eps: float = 1e-8
+    # Caffe's lr_mult / decay_mult: rules {params: bias | norm | NAME_PATTERN, lr_mult, decay_mult};
+    # a parameter takes the first rule it matches (pixelwise/engine/schedule.py).
+    param_groups: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata={"example": [{"params": "bias", "lr_mult": 2, "decay_mult": 0}]},
+    )
 
 
 @dataclass
@@ -331,6 +337,7 @@ def validate(config: Config, source: str) -> None:
             "keep one (a fraction draws the "
             "labelled images, a count per class draws that many of each class, a list names them)."
         )
+    _check_param_groups(config.optim.param_groups, source)
     train = config.train
     if (train.epochs is None) == (train.iters is None):
         raise PixelwiseError(
@@ -342,6 +349,33 @@ def validate(config: Config, source: str) -> None:
         raise PixelwiseError(
             f"{source}: loss.class_weights is {weights!r}; use null, median_frequency, enet or a list."
         )
+
+
+_RULE_KEYS = ("params", "lr_mult", "decay_mult")
+
+
+def _check_param_groups(rules: list[dict[str, Any]], source: str) -> None:
+    """Each rule of ``optim.param_groups`` names its parameters and multiplies by numbers >= 0."""
+    example = "e.g. {params: bias, lr_mult: 2, decay_mult: 0}"
+    for index, rule in enumerate(rules):
+        where = f"{source}: optim.param_groups[{index}]"
+        unknown = sorted(set(rule) - set(_RULE_KEYS))
+        if unknown:
+            raise PixelwiseError(
+                f"{where} has {', '.join(unknown)}; a rule takes {', '.join(_RULE_KEYS)}, {example}."
+            )
+        if not isinstance(rule.get("params"), str) or not rule["params"].strip():
+            raise PixelwiseError(
+                f"{where}: params is {_show(rule.get('params'))}; name the parameters: bias, norm "
+                f"or a pattern of parameter names such as 'backbone.*', {example}."
+            )
+        for key in ("lr_mult", "decay_mult"):
+            value = rule.get(key, 1.0)
+            bad = isinstance(value, bool) or not isinstance(value, int | float)
+            if bad or not (math.isfinite(value) and value >= 0):
+                raise PixelwiseError(
+                    f"{where}: {key} is {_show(value)}; it must be a number of at least 0, {example}."
+                )
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

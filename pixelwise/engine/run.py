@@ -146,7 +146,7 @@ def build_run(
     if precision.note and dist.is_main:
         print(f"train.amp: {precision.note}")
     task.setup(model, device, train_set, precision)
-    optimizer = build_optimizer(model.parameters(), config.optim)
+    optimizer = build_optimizer(model, config.optim)
     d, t = config.data, config.train
     per_epoch = batches_per_epoch(len(train_set), d.batch_size, dist)
     if per_epoch == 0:

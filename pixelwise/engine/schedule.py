@@ -7,19 +7,92 @@ iteration, with ``unit: epoch`` schedules converted to iterations with the loade
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
+from typing import Any
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from pixelwise.config import OptimConfig, ScheduleConfig
+from pixelwise.errors import PixelwiseError
+
+# Normalisation layers: their scale and shift are one kind for optim.param_groups (``norm``).
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> Optimizer:
-    params = [p for p in params if p.requires_grad]  # frozen layers (FCN's deconvs) stay out
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups under ``optim.param_groups`` (Caffe's per-layer
+    ``lr_mult``/``decay_mult``): each trainable parameter takes the first rule it matches —
+    ``bias`` (the bias of a layer that is not a normalisation), ``norm`` (a normalisation
+    layer's scale and shift), or a pattern of parameter names (``backbone.*``, fnmatch) — and a
+    group's lr and weight decay are the config's times the rule's multipliers (1 without a rule).
+    The group of the unmatched parameters comes first, so its lr is the one a run logs.
+
+    Raises:
+        PixelwiseError: for a rule that matches no parameter (a name pattern of another network).
+    """
+    rules = cfg.param_groups
+    kinds = _parameter_kinds(model)
+    chosen: dict[tuple[float, float], list[nn.Parameter]] = {(1.0, 1.0): []}
+    matched = [0] * len(rules)
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:  # frozen layers (FCN's fixed deconvs) stay out
+            continue
+        key = (1.0, 1.0)
+        for index, rule in enumerate(rules):
+            if _matches(rule["params"], name, kinds[name]):
+                key = (float(rule.get("lr_mult", 1.0)), float(rule.get("decay_mult", 1.0)))
+                matched[index] += 1
+                break
+        chosen.setdefault(key, []).append(parameter)
+    for index, count in enumerate(matched):
+        if count == 0:
+            names = [n for n, p in model.named_parameters() if p.requires_grad][:3]
+            raise PixelwiseError(
+                f"optim.param_groups[{index}]: params {rules[index]['params']!r} matches no "
+                f"trainable parameter of this network (named like {', '.join(names)}); use bias, "
+                "norm or a pattern of its parameter names."
+            )
+    return [
+        {"params": params, "lr": cfg.lr * lr_mult, "weight_decay": cfg.weight_decay * decay_mult,
+         "lr_mult": lr_mult, "decay_mult": decay_mult}
+        for (lr_mult, decay_mult), params in chosen.items()
+        if params
+    ]  # fmt: skip
+
+
+def _parameter_kinds(model: nn.Module) -> dict[str, str]:
+    kinds = {}
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            if isinstance(module, _NORMS):
+                kinds[full] = "norm"
+            else:
+                kinds[full] = "bias" if name == "bias" else "weight"
+    return kinds
+
+
+def _matches(pattern: str, name: str, kind: str) -> bool:
+    if pattern in ("bias", "norm"):
+        return kind == pattern
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def build_optimizer(
+    params: nn.Module | Iterable[torch.nn.Parameter], cfg: OptimConfig
+) -> Optimizer:
+    """The optimizer of ``cfg`` over a network (with ``optim.param_groups`` applied, see
+    :func:`param_groups`) or over plain parameters (one group)."""
+    if isinstance(params, nn.Module):
+        params = param_groups(params, cfg)
+    else:
+        params = [p for p in params if p.requires_grad]  # frozen layers (FCN's deconvs) stay out
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params,
