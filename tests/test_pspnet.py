@@ -1,5 +1,7 @@
-"""PSPNet: counts, shapes at odd sizes, the auxiliary head and its loss weight, batch 1, dilation,
-the pyramid's bins and concatenation order, and the two weight layouts its backbone takes.
+"""PSPNet: counts, shapes at odd sizes, the auxiliary head, its gradient and its loss weight,
+batch 1, dilation, the pyramid computed by hand as the release's prototxt does it (average pools,
+bins, concatenation order, corner-aligned upsampling), and the two weight layouts its backbone
+takes.
 
 Shapes run on the meta device and the real computations on small inputs: a dilated ResNet-50 at
 output stride 8 is slow on a CPU.
@@ -139,28 +141,130 @@ def materialise(module: nn.Module) -> nn.Module:
 
 def test_the_pyramid_pools_to_1_2_3_and_6_bins_at_any_size() -> None:
     model = meta_model("pspnet101", 3)
-    pooled = []
-    for branch in model.ppm.branches:
-        branch.pool.register_forward_hook(lambda m, i, out: pooled.append(tuple(out.shape)))
+    pooled = {}
+    for k, branch in enumerate(model.ppm.branches):
+        branch.pool.register_forward_hook(
+            lambda m, i, out, k=k: pooled.__setitem__(k, tuple(out.shape))
+        )
     model.eval()(torch.empty(1, 3, 97, 131, device="meta"))  # res5 is 13 x 17
-    assert pooled == [(1, 2048, b, b) for b in (1, 2, 3, 6)]
+    assert pooled == {k: (1, 2048, b, b) for k, b in enumerate((1, 2, 3, 6))}
     assert model.ppm.out_channels == 4096
 
 
-def test_the_pyramid_concatenates_the_input_first_then_bins_1_2_3_6() -> None:
+# The release: hszhao/PSPNet evaluation/prototxt/pspnet50_ADE20K_473.prototxt (the 101 nets alike).
+# conv5_3_pool{1,2,3,6} average-pool res5 with kernel = stride 60/30/20/10 at 473 (90/45/30/15 at
+# 713), each then conv 1x1 512 + BN + ReLU and Interp back with the corners aligned; conv5_3_concat
+# takes [conv5_3, pool6, pool3, pool2, pool1].
+RELEASE_BINS = (1, 2, 3, 6)
+RELEASE_CONCAT = (6, 3, 2, 1)
+
+
+def alive(module: nn.Module) -> nn.Module:
+    """A meta-device module made real, in eval mode, with activations that stay alive: Kaiming
+    convs and BN with unit statistics (a seeded fill that shrinks them would hide the topology)."""
+    module = module.to_empty(device="cpu").eval()
     torch.manual_seed(0)
-    ppm = PyramidPooling(8).eval()
-    x = torch.randn(2, 8, 7, 9)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    m.bias.uniform_(-0.1, 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_parameters()  # mean 0, variance 1, weight 1, bias 0
+    return module
+
+
+def release_pyramid(ppm: PyramidPooling, x: Tensor) -> Tensor:
+    """The release's pyramid by hand: fixed-kernel average pools of res5 (a side divisible by 6),
+    each bin's 1x1 conv + BN + ReLU (``ppm.branches.0..3`` hold pool1..pool6's), corner-aligned
+    upsampling, concatenated after res5 finest first."""
+    side = x.shape[-1]
+    upsampled = {}
+    for index, b in enumerate(RELEASE_BINS):
+        pooled = F.avg_pool2d(x, kernel_size=side // b, stride=side // b)
+        conv = ppm.branches[index].conv(pooled)
+        upsampled[b] = F.interpolate(conv, size=x.shape[-2:], mode="bilinear", align_corners=True)
+    return torch.cat([x, *(upsampled[b] for b in RELEASE_CONCAT)], dim=1)
+
+
+@pytest.mark.parametrize(("name", "size", "side"), [("pspnet50", 473, 60), ("pspnet101", 713, 90)])
+def test_the_adaptive_bins_are_the_release_kernels_at_its_sizes(name, size, side) -> None:
+    model = meta_model(name, 3).eval()
+    seen = []
+    model.ppm.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    model(torch.empty(1, 3, size, size, device="meta"))
+    assert seen == [(side, side)]
+    x = torch.rand(1, 4, side, side, generator=torch.Generator().manual_seed(0))
+    for branch, b in zip(model.ppm.branches, RELEASE_BINS, strict=True):
+        kernel = side // b  # 60/30/20/10 or 90/45/30/15
+        torch.testing.assert_close(
+            F.adaptive_avg_pool2d(x, branch.pool.output_size), F.avg_pool2d(x, kernel, kernel)
+        )
+    # Elsewhere (a 505 input: res5 64 x 64) the release's kernel 10 gives 7 bins, not 6, and the
+    # adaptive pool's windows differ from it (docstring of pixelwise/models/pspnet.py).
+    x = torch.rand(1, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert F.avg_pool2d(x, 10, 10, ceil_mode=True).shape[-1] == 7
+    assert F.adaptive_avg_pool2d(x, 6).shape[-1] == 6
+
+
+def test_the_pyramid_is_the_releases_average_pools_concatenated_finest_first() -> None:
+    # The paper's own pyramid, on the 60 x 60 res5 of a 473 input, against the hand-made one.
+    ppm = alive(meta_model("pspnet50", 150).ppm)
+    assert ppm.out_channels == 4096
+    generator = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(2, 2048, 60, 60, generator=generator))  # res5 is after a ReLU
+    x[1] = x[1] * torch.linspace(0, 2, 60)  # a second, different input: a ramp left to right
     with torch.no_grad():
         out = ppm(x)
-        branches = [branch(x) for branch in ppm.branches]
-    assert out.shape == (2, 16, 7, 9)
-    torch.testing.assert_close(out[:, :8], x)
-    for k, pooled in enumerate(branches):
-        expected = F.interpolate(pooled, size=(7, 9), mode="bilinear", align_corners=False)
-        torch.testing.assert_close(out[:, 8 + 2 * k : 10 + 2 * k], expected)
-    # bin 1 is one value per channel, spread over the map
-    assert torch.allclose(out[:, 8:10], out[:, 8:10, :1, :1].expand(-1, -1, 7, 9))
+        expected = release_pyramid(ppm, x)
+    pyramid = out[:, 2048:]
+    # The pyramid is alive: the two inputs give clearly different pooled maps.
+    assert float((pyramid[0] - pyramid[1]).abs().mean()) > 0.1 * float(pyramid.abs().mean())
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_head_drops_single_activations_after_its_relu_and_the_aux_head_channels() -> None:
+    # conv5_4/dropout (ratio 0.1, after conv5_4/relu, before conv6) is Caffe's Dropout layer,
+    # one draw per activation; the aux head is hszhao/semseg's, with Dropout2d (whole channels).
+    model = meta_model("pspnet50", 3, aux=True)
+    for head, whole_channels in ((model.head, False), (model.aux_head, True)):
+        assert isinstance(head[0][-1], nn.ReLU) and head[1].p == 0.1
+        assert isinstance(head[2], nn.Conv2d) and head[2].kernel_size == (1, 1)
+        torch.manual_seed(0)
+        dropped = head[1].train()(torch.ones(2, 64, 5, 5)) == 0
+        assert 0.05 < float(dropped.float().mean()) < 0.15
+        partly = dropped.any(dim=(-2, -1)) & ~dropped.all(dim=(-2, -1))
+        assert bool(partly.any()) is not whole_channels
+
+
+def test_the_aux_loss_reaches_the_aux_classifier_and_layer3() -> None:
+    # A ResNet-18 trunk keeps the backward quick; the heads are the paper's.
+    torch.manual_seed(0)
+    model = PSPNet(depth=18, num_classes=3, aux=True, deep_stem=False).train()
+    x = torch.randn(2, 3, 33, 33)
+    target = torch.randint(0, 3, (2, 33, 33))
+    watched = {
+        "aux classifier": model.aux_head[-1].weight,
+        "layer3": model.backbone.layer3[0].conv1.weight,
+        "layer4": model.backbone.layer4[0].conv1.weight,
+        "head": model.head[-1].weight,
+    }
+    torch.manual_seed(1)  # the same dropout masks in both forwards
+    _, (aux,) = model(x, return_aux=True)
+    grads = torch.autograd.grad(
+        F.cross_entropy(aux, target), list(watched.values()), allow_unused=True
+    )
+    grad = dict(zip(watched, grads, strict=True))
+    assert grad["aux classifier"] is not None and float(grad["aux classifier"].abs().sum()) > 0
+    assert grad["layer3"] is not None and float(grad["layer3"].abs().sum()) > 0
+    assert grad["layer4"] is None and grad["head"] is None  # res4 comes before layer4
+
+    # Through the trainer's loss the aux classifier gets 0.4 of that (the main loss never sees it).
+    torch.manual_seed(1)
+    total = build_loss("ce", aux_weights=[0.4])(model(x, return_aux=True), target)
+    (from_total,) = torch.autograd.grad(total, [watched["aux classifier"]])
+    torch.testing.assert_close(from_total, 0.4 * grad["aux classifier"])
 
 
 class _LightBackbone(nn.Module):

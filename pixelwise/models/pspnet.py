@@ -11,32 +11,54 @@ trainable version of the same net) for the training-time parts (auxiliary head, 
   BN + ReLU, then the 3x3/2 max pool); ``layer3`` and ``layer4`` keep stride 1 and dilate every 3x3
   conv by 2 and 4, so ``layer4`` (res5, 2048 channels) is at 1/8 of the input (output stride 8).
   This is the shared :class:`~pixelwise.models.backbones.ResNetBackbone`.
-- Pyramid pooling module on res5: bins 1, 2, 3 and 6, each an average pool to bin x bin, a 1x1 conv
-  2048 -> 512 (no bias) + BN + ReLU, bilinearly upsampled to the res5 size; concatenated after res5
-  itself as [res5, bin 1, bin 2, bin 3, bin 6] (4096 channels).
-- Head: 3x3 conv 4096 -> 512 (no bias) + BN + ReLU, dropout 0.1, 1x1 conv 512 -> C (with bias),
-  bilinearly upsampled by 8 to the input size.
-- Auxiliary head (training only, ``aux=True``): on res4 (``layer3``, 1024 channels) a 3x3 conv
-  1024 -> 256 + BN + ReLU, dropout 0.1, 1x1 conv 256 -> C, upsampled to the input size; the
-  recipes weight its loss by 0.4 (``loss.aux_weights: [0.4]``).
+- Pyramid pooling module on res5 (prototxt ``conv5_3_pool{1,2,3,6}`` ... ``conv5_3_concat``): bins
+  1, 2, 3 and 6, each an average pool to bin x bin, a 1x1 conv 2048 -> 512 (no bias) + BN + ReLU,
+  bilinearly upsampled to the res5 size with the corners aligned; concatenated after res5 itself
+  finest bin first, [res5, bin 6, bin 3, bin 2, bin 1] (4096 channels), the bottom order of the
+  prototxts' ``conv5_3_concat``. ``ppm.branches.0..3`` are bins 1, 2, 3, 6 (``conv5_3_pool1_conv``
+  .. ``conv5_3_pool6_conv``), so the order matters only to the head's first conv, whose input
+  channels 2048-2559 meet bin 6 and 3584-4095 bin 1.
+- Head: 3x3 conv 4096 -> 512 (no bias) + BN + ReLU (``conv5_4``), dropout 0.1
+  (``conv5_4/dropout``), 1x1 conv 512 -> C with bias (``conv6``), bilinearly upsampled to the
+  input size.
+- Auxiliary head (training only, ``aux=True``): on res4 (``layer3``, 1024 channels; the paper's
+  res4b22 in ResNet-101, res4f in ResNet-50) a 3x3 conv 1024 -> 256 + BN + ReLU, dropout 0.1, 1x1
+  conv 256 -> C, upsampled to the input size; the recipes weight its loss by 0.4
+  (``loss.aux_weights: [0.4]``). The released prototxts are inference nets and do not have it;
+  its shape is hszhao/semseg's.
 
 With 150 classes and no auxiliary head ``pspnet50`` has 46.78M parameters and ``pspnet101`` with
 21 classes 65.71M, the counts of the released prototxts (docs/models.md).
 
 Deviations and choices:
 
-- Pooling. The prototxts average-pool with fixed kernels (60/30/20/10 on the 60x60 map of a 473
-  input; 90/45/30/15 at 713), which only fit those sizes (pytorch-semseg reproduces them and fails
-  on other sizes). Here the bins are adaptive average pools (as hszhao/semseg), which give exactly
-  the same windows at 473 and 713 and a bin x bin map for any input size.
-- ``align_corners``. Caffe's ``Interp`` layer (from DeepLab) and hszhao/semseg interpolate with the
-  corner pixels aligned (PyTorch ``align_corners=True``), which is why the authors' sizes are
-  8k + 1 (473, 713): the 1/8 map's corners then fall exactly on the input's corners. pixelwise uses
-  ``align_corners=False`` everywhere (training, sliding-window inference and the loss must agree),
-  so every interpolate here says ``align_corners=False``; weights trained with the authors' code
-  would see their upsampled maps shifted by a fraction of a pixel.
-- Dropout is :class:`~torch.nn.Dropout2d` (whole channels) as in hszhao/semseg; the Caffe
-  prototxts are inference-only and say nothing about the training dropout's form.
+- Pooling. The prototxts average-pool with fixed kernels, kernel = stride = map / bin: 60/30/20/10
+  on the 60x60 res5 of a 473 input, 90/45/30/15 on the 90x90 of a 713 input. Here the bins are
+  adaptive average pools (as hszhao/semseg): bin i of b spans rows floor(i h / b) up to
+  ceil((i + 1) h / b), which for h divisible by b is exactly the release's window, so at 473 and
+  713 the two are the same function (tests/test_pspnet.py checks it). At other sizes they differ,
+  and only the adaptive pool still has a meaning: on a 64x64 map (a 505 input) the adaptive bin 6
+  averages windows of 11 or 12 rows, some sharing a row (0-10, 10-21, 21-31, 32-42, ...), where
+  Caffe's kernel-10 pool would give a 7x7 map whose last row averages 4 rows, and the release's
+  fixed ``Interp`` sizes (60 or 90) would then no longer match res5. The release never meets this:
+  its evaluation (``evaluation/scale_process.m``) pads every image or tile to the crop size before
+  the net.
+- ``align_corners``. Caffe's ``Interp`` layer (from DeepLab) interpolates with the corner pixels
+  aligned (PyTorch ``align_corners=True``), as hszhao/semseg does. The pyramid's upsampling is
+  internal to the net and follows the release: ``align_corners=True`` (for bin 1, a constant, the
+  mode does not matter). The final upsampling of the logits to the input size keeps pixelwise's
+  convention, ``align_corners=False``, like the loss and the sliding-window inference; the
+  release's ``conv6_interp`` (zoom 8, corners aligned) gives 8 (h - 1) + 1 pixels, the input's size
+  only for 8k + 1 inputs (473, 713). At 473 ours samples the 60x60 logits up to 0.43 of a res5
+  pixel (3.4 input pixels) away from the release's near the borders and at the same place at the
+  centre.
+- Dropout. The main head's is the prototxts' Caffe ``Dropout`` layer (ratio 0.1 after
+  ``conv5_4``'s ReLU), which drops single activations: :class:`~torch.nn.Dropout`.
+  hszhao/semseg drops whole channels (``Dropout2d``) in both heads; the auxiliary head, which only
+  hszhao/semseg describes, keeps its :class:`~torch.nn.Dropout2d`.
+- Released weights. Caffe's ``conv5_4`` sees [res5, bin 6, bin 3, bin 2, bin 1], as ``head.0``
+  here; hszhao/semseg's trained models concatenate [res5, bin 1, bin 2, bin 3, bin 6], so their
+  ``cls.0.weight`` needs its input channels 2048-4095 reversed in blocks of 512 before it fits.
 - The auxiliary head is built only with ``aux=True`` (the released counts have none); calling
   ``model(x, return_aux=True)`` without it raises. hszhao/semseg trains its new layers (PPM, head,
   auxiliary head) at 10x the backbone's learning rate; pixelwise's optimiser has one rate.
@@ -94,7 +116,10 @@ class PyramidPooling(nn.Module):
     """Pool the map to each ``bins`` size, 1x1 conv + BN + ReLU, upsample, concatenate after ``x``.
 
     ``forward`` maps N x C x h x w to N x (C + len(bins) * C / len(bins)) x h x w; branch i's
-    ``pool`` (an adaptive average pool) gives N x C x bins[i] x bins[i] for any h, w >= 1.
+    ``pool`` (an adaptive average pool) gives N x C x bins[i] x bins[i] for any h, w >= 1. The
+    branches are listed in the order of ``bins`` (coarsest first, the release's pool1..pool6) and
+    concatenated after ``x`` in the reverse order, finest first, as the release's
+    ``conv5_3_concat``. Upsampling aligns the corners, as the release's ``Interp``.
     """
 
     def __init__(self, in_channels: int, bins: Sequence[int] = BINS) -> None:
@@ -117,8 +142,8 @@ class PyramidPooling(nn.Module):
             self._refuse_one_value_per_channel()
         size = x.shape[-2:]
         pooled = [
-            F.interpolate(branch(x), size=size, mode="bilinear", align_corners=False)
-            for branch in self.branches
+            F.interpolate(branch(x), size=size, mode="bilinear", align_corners=True)
+            for branch in reversed(self.branches)
         ]
         return torch.cat([x, *pooled], dim=1)
 
@@ -134,11 +159,13 @@ class PyramidPooling(nn.Module):
             )
 
 
-def _classifier(in_channels: int, mid_channels: int, num_classes: int) -> nn.Sequential:
+def _classifier(
+    in_channels: int, mid_channels: int, num_classes: int, dropout: type[nn.Module]
+) -> nn.Sequential:
     """3x3 conv + BN + ReLU, dropout, 1x1 conv to the classes (the main and auxiliary heads)."""
     return nn.Sequential(
         ConvBNReLU(in_channels, mid_channels, 3),
-        nn.Dropout2d(DROPOUT),
+        dropout(DROPOUT),
         nn.Conv2d(mid_channels, num_classes, 1),
     )
 
@@ -175,8 +202,11 @@ class PSPNet(nn.Module):
         self.register_load_state_dict_pre_hook(rename_keys_on_load(legacy_pspnet_keys))
         res4_channels, res5_channels = self.backbone.out_channels
         self.ppm = PyramidPooling(res5_channels, BINS)
-        self.head = _classifier(self.ppm.out_channels, HEAD_CHANNELS, num_classes)
-        self.aux_head = _classifier(res4_channels, AUX_CHANNELS, num_classes) if aux else None
+        # The release's Caffe Dropout drops activations; hszhao/semseg's aux head drops channels.
+        self.head = _classifier(self.ppm.out_channels, HEAD_CHANNELS, num_classes, nn.Dropout)
+        self.aux_head = (
+            _classifier(res4_channels, AUX_CHANNELS, num_classes, nn.Dropout2d) if aux else None
+        )
 
     def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         size = x.shape[-2:]
