@@ -60,8 +60,9 @@ Deviations and choices:
   here; hszhao/semseg's trained models concatenate [res5, bin 1, bin 2, bin 3, bin 6], so their
   ``cls.0.weight`` needs its input channels 2048-4095 reversed in blocks of 512 before it fits.
 - The auxiliary head is built only with ``aux=True`` (the released counts have none); calling
-  ``model(x, return_aux=True)`` without it raises. hszhao/semseg trains its new layers (PPM, head,
-  auxiliary head) at 10x the backbone's learning rate; pixelwise's optimiser has one rate.
+  ``model(x, return_aux=True)`` without it raises. The released nets' ``param`` blocks train the
+  new layers (pyramid, head) at 10x the trunk's rate and the classifier's bias at 20x; the recipes
+  say so with ``optim.param_groups`` (configs/base/pspnet_semseg.yaml).
 - Batch 1 in training: BatchNorm after the 1x1 bin would normalise one value per channel, which
   PyTorch refuses with a bare ``ValueError``; here it is a :class:`PixelwiseError` that names the
   fix (a batch of 2 or more, as every recipe has, or ``model.eval()``). Evaluation at batch 1 works.

@@ -40,15 +40,26 @@ Where this departs from the port and the paper:
   nearest neighbour); here the logits are bilinearly upsampled to the input size.
 - Any input size works: every fusion upsamples to the finer path's exact size (a 97x131 input has a
   4x5 res5 and a 7x9 res4), and the logits to the input's.
+
+Frozen BatchNorm (``freeze_bn``). The released training code normalises with the ImageNet
+statistics during training and never updates them (``gen_net_opts_model_type1.m``:
+``bnorm_moment_type_trn='global'``; ``My_net_util.fix_batch_norm_resnet`` sets each BN's moments
+to ``trainMethod='fixed'``). ``freeze_bn="stats"`` does the same here: every BatchNorm of the
+network stays in eval mode when ``train()`` is called. ``freeze_bn="all"`` (or ``True``) also
+stops their scale and shift (``requires_grad=False``, so no optimizer sees them). The released
+code keeps updating the scale and shift (their ``trainMethod`` stays ``'gradient'``, at the
+backbone's learning-rate multiplier).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixelwise.errors import PixelwiseError
 from pixelwise.models.backbones import (
     ResNetBackbone,
     WeightsSource,
@@ -78,6 +89,8 @@ OUTPUT_RCUS = 3  # RCUs after the chained pooling (refine_block_conv_num_mainflo
 CRP_BLOCKS = 4  # pool+conv blocks of the chained residual pooling (the port's _make_crp(..., 4))
 POOL_SIZE = 5
 DROPOUT = 0.5
+FreezeBN = Literal["none", "stats", "all"]
+FREEZE_BN: tuple[str, ...] = ("none", "stats", "all")
 
 
 def legacy_refinenet_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -177,10 +190,18 @@ class RefineNet(nn.Module):
         refine: RefineNet-4, -3, -2, -1 in the order they run (``refine[0]`` takes res5).
         dropout: the port's Dropout(0.5) on res5, res4 and before the classifier.
         classifier: 3x3 conv 256 -> C with bias, at stride 4.
+        freeze_bn: ``"none"``, ``"stats"`` (every BatchNorm stays in eval mode through
+            ``train()``) or ``"all"`` (also its scale and shift frozen); see the module docstring.
     """
 
-    def __init__(self, *, depth: int, num_classes: int) -> None:
+    def __init__(self, *, depth: int, num_classes: int, freeze_bn: FreezeBN = "none") -> None:
         super().__init__()
+        if freeze_bn not in FREEZE_BN:
+            raise PixelwiseError(
+                f"RefineNet freeze_bn {freeze_bn!r} is not supported; use one of: "
+                f"{', '.join(FREEZE_BN)} (true means all, false none)."
+            )
+        self.freeze_bn = freeze_bn
         self.backbone = ResNetBackbone(
             depth, return_layers=("layer1", "layer2", "layer3", "layer4")
         )
@@ -194,6 +215,21 @@ class RefineNet(nn.Module):
         self.refine = nn.ModuleList(blocks)
         self.dropout = nn.Dropout(DROPOUT)
         self.classifier = _conv3x3(WIDTHS[-1], num_classes, bias=True)
+        if freeze_bn == "all":
+            for norm in self._norms():
+                norm.requires_grad_(False)
+
+    def _norms(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> RefineNet:
+        """As ``nn.Module.train``, except that with ``freeze_bn`` every BatchNorm stays in eval
+        mode: its running statistics are neither used for nor updated by training batches."""
+        super().train(mode)
+        if self.freeze_bn != "none":
+            for norm in self._norms():
+                norm.eval()
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         res2, res3, res4, res5 = self.backbone(x)
@@ -212,8 +248,15 @@ def _register_refinenet(depth: int, summary: str) -> Callable[..., RefineNet]:
     """Register ``refinenet{depth}``: RefineNet on torchvision's ResNet-``depth``."""
     name = f"refinenet{depth}"
 
-    def build(*, num_classes: int, weights_backbone: WeightsSource = None) -> RefineNet:
-        model = RefineNet(depth=depth, num_classes=num_classes)
+    def build(
+        *,
+        num_classes: int,
+        weights_backbone: WeightsSource = None,
+        freeze_bn: FreezeBN | bool = "none",
+    ) -> RefineNet:
+        if isinstance(freeze_bn, bool):
+            freeze_bn = "all" if freeze_bn else "none"
+        model = RefineNet(depth=depth, num_classes=num_classes, freeze_bn=freeze_bn)
         load_backbone(model.backbone, weights_backbone)
         return model
 
@@ -225,6 +268,9 @@ def _register_refinenet(depth: int, summary: str) -> Callable[..., RefineNet]:
         num_classes: output classes (VOC: 21).
         weights_backbone: torchvision ``ResNet{depth}_Weights``, a path to a saved ``resnet{depth}``
             state dict, the state dict itself, or None (random backbone). ``fc`` is dropped.
+        freeze_bn: ``"none"``, ``"stats"`` (BatchNorm on its running statistics through
+            training, as the released code) or ``"all"`` (scale and shift frozen too); ``True``
+            is ``"all"``, ``False`` ``"none"``.
     """
     return register_model(name, **_REGISTRY)(build)
 
