@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         "eval-<split>[-N]/ each time, with eval.json, per_class.csv, confusion.png and overlays",
     )  # fmt: skip
     ev.add_argument(
+        "--score-at", choices=["label", "input"], default=None,
+        help="label: upsample each prediction to its label's own size before scoring (the "
+        "papers' protocol); input: score at the size the network sees after data.resize, "
+        "against labels resized to it (default: the run's data.score_at, label)",
+    )  # fmt: skip
+    ev.add_argument(
         "--save-label-ids", metavar="DIR",
         help="Cityscapes: also write each prediction as <image>_labelIds.png (official label ids, "
         "full size) for cityscapesscripts' evaluation",
@@ -447,11 +453,12 @@ def cmd_eval(args) -> int:
     ids_folder = Path(args.save_label_ids) if args.save_label_ids else None
     with _folder_for_outputs(ids_folder, "--save-label-ids") as label_ids:
         result = evaluate_loaded(
-            loaded, split=args.split, root=args.root, tta=tta, label_ids=label_ids
-        )
+            loaded, split=args.split, root=args.root, tta=tta, label_ids=label_ids,
+            score_at=args.score_at,
+        )  # fmt: skip
     print(
         f"{loaded.meta['model']} on {loaded.config.data.dataset} {result.split} "
-        f"({len(result.dataset)} images)"
+        f"({len(result.dataset)} images), {result.scored_text()}"
     )
     print(result.report.format(loaded.classes))
     if args.confusion and hasattr(result.metric, "matrix"):
@@ -471,8 +478,10 @@ def cmd_predict(args) -> int:
 
     Each input is checked first (it exists, is a file, has an image header within the size
     limit); then the checkpoint loads; then each image is decoded (:func:`read_photo`: upright,
-    damage refused) and segmented in turn, a refused one not stopping the others. The closing
-    summary says how many were written and which were refused, and why.
+    damage refused) and segmented in turn, a refused one not stopping the others. After the
+    first is written, one warning says how many images are far from the scale the network was
+    trained at, and the fix (:mod:`pixelwise.engine.predict_scale`). The closing summary says
+    how many were written and which were refused, and why.
 
     Returns:
         0 when every image was written; 1 when some were written and others refused, as
@@ -480,8 +489,9 @@ def cmd_predict(args) -> int:
         none could be. An output problem (``--out``, an existing file, a full disk) stops the
         whole command, since it would stop every image alike.
     """
-    from pixelwise.data.base import read_photo
+    from pixelwise.data.base import image_size, read_photo
     from pixelwise.engine.model_io import load_model
+    from pixelwise.engine.predict_scale import scale_warning, training_scale
     from pixelwise.tasks.base import PredictSettings
 
     settings = PredictSettings(_tta(args), args.score_threshold)
@@ -506,6 +516,17 @@ def cmd_predict(args) -> int:
             f"{existing[0]}{more} already exist in --out {out}; pass --overwrite to replace them "
             "or choose another --out folder."
         )
+    # Once for the whole call, after the first image is written (a request refused outright has
+    # only its own sentence): how many images are far from the training scale, and the fix.
+    # Sizes come from the headers (an EXIF turn keeps the short side).
+    sizes = {}
+    for i in targets:
+        try:
+            sizes[i] = image_size(images[i])
+        except PixelwiseError:
+            continue
+    scale = training_scale(loaded.config, loaded.meta)
+    warning = scale_warning(images, sizes, scale, settings.tta.scales)
     written = 0
     try:
         with _folder_for_outputs(out, "--out"):
@@ -520,6 +541,8 @@ def cmd_predict(args) -> int:
                 loaded.write_prediction(photo.image, paths, replace(settings, image_id=i))
                 written += 1
                 print(f"{images[i]} -> {', '.join(str(p) for p in paths)}")
+                if written == 1 and warning is not None:
+                    print(f"warning: {warning}", file=sys.stderr)
     except PixelwiseError:
         # A problem of the outputs or the model (a full disk, a refused option) stops every
         # image alike; the inputs refused so far are still named before its sentence.

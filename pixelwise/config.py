@@ -42,6 +42,8 @@ class DataConfig:
     val_split: str = "val"
     crop_size: list[int] | None = field(default=None, metadata={"length": 2, "example": [512, 512]})
     resize: list[int] | None = field(default=None, metadata={"length": 2, "example": [360, 480]})
+    # Scores at each label's own size (the papers' protocol), or at the size after resize.
+    score_at: str = "label"
     scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0], metadata={"length": 2})
     hflip: bool = True
     color_jitter: float = 0.0
@@ -151,6 +153,7 @@ _CHOICES = {
     ("schedule", "name"): ("poly", "step", "multistep", "cosine", "exponential", "constant"),
     ("loss", "name"): ("ce", "bootstrap_ce"),
     ("loss", "normalize"): ("weights", "valid"),
+    ("data", "score_at"): ("label", "input"),
 }
 
 

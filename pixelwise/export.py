@@ -68,6 +68,8 @@ from pixelwise.outputs import write_bytes
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
 TOLERANCE = 1e-4
+# How much farther from float64 than float32 PyTorch an exported file's runtime may be.
+FILE_FLOOR = 3.0
 # The TorchScript file's metadata lives in this extra file inside the archive.
 EXTRA_FILE = "pixelwise.json"
 METADATA_KEYS = ("model", "num_classes", "classes", "palette", "mean", "std", "resize", "input")
@@ -435,9 +437,15 @@ def _difference(
     # a value by one pixel, and the logits around it by 1e-3, where a pooled window holds values
     # within rounding of each other (ReLU zeros against 1e-8). Float64 PyTorch measures that
     # floor; two float32 computations of one function can differ by twice it.
+    # The file's runtime rounds its own way too: onnxruntime's float32 convolutions, on their own,
+    # ended 2.7x as far from float64 as PyTorch's for PSPNet-50 (2.2e-4 against 8.1e-5, 45x53).
+    # A file no farther from the exact function than FILE_FLOOR times float32 PyTorch passes.
     with torch.no_grad():
         exact = copy.deepcopy(net).double()(x.double()).numpy()
-    return difference, float(np.abs(expected - exact).max())
+    own = float(np.abs(expected - exact).max())
+    if float(np.abs(got - exact).max()) <= FILE_FLOOR * own:
+        return difference, max(own, difference / 2)
+    return difference, own
 
 
 def _first_line(text: str, limit: int = 200) -> str:

@@ -38,14 +38,40 @@ def denormalise(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> n
     return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
+#: How much of a class's colour an overlay mixes into the photo: each tinted pixel becomes
+#: ``round((1 - OVERLAY_ALPHA) * photo + OVERLAY_ALPHA * colour)``, channel by channel.
+OVERLAY_ALPHA = 0.5
+#: Class names that mean "none of the classes" (VOC's and COCO's 'background'; 'void' and
+#: 'unlabeled' where a user's folder dataset keeps them as classes): an overlay leaves their pixels
+#: as the photo, so an object's own colour is never read as a class, and the photo is not darkened
+#: by a background painted black.
+UNTINTED_NAMES = ("background", "void", "unlabeled", "unlabelled")
+
+
+def untinted_ids(classes: Sequence[str]) -> list[int]:
+    """The ids of the classes an overlay leaves as the photo: those named as in
+    :data:`UNTINTED_NAMES` (any case). Ignore (255) is always left as the photo besides."""
+    return [i for i, name in enumerate(classes) if name.strip().lower() in UNTINTED_NAMES]
+
+
 def overlay(
-    image: np.ndarray, mask: Tensor | np.ndarray, palette, alpha: float = 0.5
+    image: np.ndarray,
+    mask: Tensor | np.ndarray,
+    palette: Sequence[Sequence[int]],
+    alpha: float = OVERLAY_ALPHA,
+    untinted: Sequence[int] = (),
 ) -> np.ndarray:
-    """Blend the coloured mask over the RGB image; ignored pixels keep the image."""
-    colours = colorize(mask, palette).astype(np.float32)
+    """The H×W×3 uint8 ``image`` with each pixel's class colour blended in at ``alpha``.
+
+    Pixels of ignore (255) and of the classes ``untinted`` (e.g. :func:`untinted_ids`) keep the
+    image's exact colour; every other pixel becomes ``round((1 - alpha) * image + alpha *
+    palette[class])``.
+    """
     ids = mask.cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
-    weight = np.where(ids == IGNORE_INDEX, 0.0, alpha)[..., None]
-    return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
+    colours = colorize(ids, palette).astype(np.float32)
+    blended = (image.astype(np.float32) * (1 - alpha) + colours * alpha).round().astype(np.uint8)
+    kept = (ids == IGNORE_INDEX) | np.isin(ids, np.asarray(untinted, dtype=np.int64))
+    return np.where(kept[..., None], image, blended)
 
 
 def prediction_grid(
@@ -85,7 +111,11 @@ def prediction_grid(
     column = (width - 2 * gap) // 3
     header = _titles(["image", "ground truth", "prediction"], column + gap, width)
     grid = np.concatenate([header, *padded], axis=0)[:-gap]
-    return grid if classes is None else with_legend(grid, classes, palette, gap=gap, min_width=0)
+    return (
+        grid
+        if classes is None
+        else with_legend(grid, classes, palette, gap=gap, min_width=0, row_height=LEGEND_ROW)
+    )
 
 
 def with_legend(
@@ -94,16 +124,27 @@ def with_legend(
     palette: Sequence[Sequence[int]],
     gap: int = 4,
     min_width: int = 192,
+    *,
+    row_height: int | None = None,
+    untinted: Sequence[int] = (),
+    ignore: bool = True,
 ) -> np.ndarray:
     """``picture`` (H×W×3 uint8) with a legend of the class colours and names below it.
 
-    A picture narrower than ``min_width`` is padded with white on the right first, so that the
-    names of a small image's legend are not cut off.
+    The legend grows with the picture (``row_height`` None: :func:`legend_row_height`), so it
+    reads on a 4K photo as on a 64-pixel image, and the gap above it with it. A picture narrower
+    than ``min_width`` is padded with white on the right first, so that the names of a small
+    image's legend are not cut off. ``untinted`` and ``ignore`` are as in :func:`legend`.
     """
+    row = (
+        legend_row_height(picture.shape[0], picture.shape[1]) if row_height is None else row_height
+    )
+    gap = max(gap, round(gap * row / LEGEND_ROW))
     width = max(picture.shape[1], min_width)
     picture = np.pad(picture, ((0, 0), (0, width - picture.shape[1]), (0, 0)), constant_values=255)
     spacer = np.full((gap, width, 3), 255, dtype=np.uint8)
-    return np.concatenate([picture, spacer, legend(classes, palette, width)], axis=0)
+    strip = legend(classes, palette, width, row, untinted=untinted, ignore=ignore)
+    return np.concatenate([picture, spacer, strip], axis=0)
 
 
 def comparison_grid(
@@ -147,33 +188,77 @@ def comparison_grid(
     return np.concatenate([grid, spacer, legend(classes, palette, width)], axis=0)
 
 
+#: The smallest legend row in pixels (swatch, name and their margins), and the share of a
+#: picture's short side a row takes above that: 1/30 gives 72-pixel rows (45-pixel names) on a
+#: 3840x2160 photo and the smallest rows up to a 480-pixel short side.
+LEGEND_ROW = 16
+LEGEND_ROW_SHARE = 1 / 30
+
+
+def legend_row_height(height: int, width: int) -> int:
+    """The legend row height for an ``height``×``width`` picture: :data:`LEGEND_ROW_SHARE` of its
+    short side, at least :data:`LEGEND_ROW`."""
+    return max(LEGEND_ROW, round(min(height, width) * LEGEND_ROW_SHARE))
+
+
 def legend(
-    classes: Sequence[str], palette: Sequence[Sequence[int]], width: int, row_height: int = 16
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    width: int,
+    row_height: int = LEGEND_ROW,
+    *,
+    untinted: Sequence[int] = (),
+    ignore: bool = True,
 ) -> np.ndarray:
-    """White strip of ``width`` pixels: a swatch and the name of each class, then "ignore" in its
-    colour, wrapped into as many rows as needed."""
+    """White strip of ``width`` pixels: a swatch and the name of each class, then (``ignore``)
+    "ignore" in its colour, wrapped into as many rows as needed.
+
+    Everything scales with ``row_height``: swatch, font, margins (at 16 the swatch is 12 pixels
+    and the names 10). A class of ``untinted`` (left as the photo by :func:`overlay`) gets an
+    empty swatch and "(not tinted)" after its name.
+    """
     from PIL import ImageDraw
 
-    entries = [
-        (name, tuple(int(c) for c in colour)) for name, colour in zip(classes, palette, strict=True)
-    ]
-    entries.append(("ignore", IGNORE_COLOUR))
+    k = row_height / LEGEND_ROW
+    margin, swatch, space, spread = (max(1, round(v * k)) for v in (2, 12, 4, 14))
+    font = _font(max(1, round(10 * k)))
+    entries = []
+    for i, (name, colour) in enumerate(zip(classes, palette, strict=True)):
+        plain = i in untinted
+        entries.append(
+            (f"{name} (not tinted)" if plain else name, None if plain else tuple(map(int, colour)))
+        )
+    if ignore:
+        entries.append(("ignore", IGNORE_COLOUR))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    placed, x, y = [], 2, 0
+    placed, x, y = [], margin, 0
     for name, colour in entries:
-        item = row_height + 4 + int(probe.textlength(name)) + 10  # swatch, space, name, gap
-        if x > 2 and x + item > width:
-            x, y = 2, y + row_height
+        item = swatch + space + int(probe.textlength(name, font=font)) + spread
+        if x > margin and x + item > width:
+            x, y = margin, y + row_height
         placed.append((x, y, name, colour))
         x += item
     strip = Image.new("RGB", (width, y + row_height), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
+    line = max(1, round(k))
     for x, y, name, colour in placed:
-        size = row_height - 4
-        # A grey outline keeps white and near-white classes (and ignore) visible on white.
-        draw.rectangle([x, y + 2, x + size, y + 2 + size], fill=colour, outline=(128, 128, 128))
-        draw.text((x + size + 4, y + 2), name, fill=(0, 0, 0))
+        # A grey outline keeps white and near-white classes (and ignore) visible on white; an
+        # untinted class's swatch is the outline alone, as its pixels are the photo's own.
+        box = [x, y + margin, x + swatch, y + margin + swatch]
+        draw.rectangle(box, fill=colour or (255, 255, 255), outline=(128, 128, 128), width=line)
+        draw.text((x + swatch + space, y + margin), name, fill=(0, 0, 0), font=font)
     return np.asarray(strip)
+
+
+def _font(size: int):
+    """Pillow's own font at ``size`` pixels (FreeType); its fixed 10-pixel bitmap font where this
+    Pillow cannot scale it (before 10.1, or built without FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: no size argument
+        return ImageFont.load_default()
 
 
 def _enlarge(array: np.ndarray, factor: int) -> np.ndarray:

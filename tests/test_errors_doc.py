@@ -68,7 +68,9 @@ def quoted_answers() -> list[str]:
 
 
 def pattern(answer: str) -> re.Pattern[str]:
-    pieces = [p for p in PLACEHOLDER.split(answer) if p]
+    # The spaces around a placeholder go with it: an optional clause the code glues to a word
+    # ("its own size{asked}, so") is written "its own size SCALES, so".
+    pieces = [p.strip(" ") for p in PLACEHOLDER.split(answer) if p.strip(" ")]
     return re.compile(".*?".join(re.escape(p) for p in pieces), re.DOTALL)
 
 

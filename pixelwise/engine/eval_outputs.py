@@ -5,7 +5,9 @@ checkpoint's run folder by default), ``eval-<split>-2``, ``-3`` ... when that na
 earlier evaluation is never overwritten:
 
 - ``eval.json``: the report's ``as_dict()`` under ``"scores"`` (NaN, a class with no evidence,
-  as null), with the checkpoint, dataset, split, image count and test-time settings;
+  as null), with the checkpoint, dataset, split, image count, test-time settings and the size
+  scored at (``"scored_at"``: ``"label size"`` or ``"input size"``; the semantic report's
+  ``"scored_sizes"`` gives the sizes);
 - ``per_class.csv``: class, IoU, accuracy and the class's share of the ground-truth pixels;
 - ``confusion.png``: the row-normalised confusion matrix, class names on both axes;
 - ``overlay-<index>.png``: image | ground truth | prediction for a few images spread over the
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 
 from pixelwise.data import dataset_class
 from pixelwise.engine.evaluate import EvalResult, Evaluator, split_dataset
+from pixelwise.engine.label_size import SCORED_AT_WORDS
 from pixelwise.engine.model_io import LoadedModel
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import match_target
@@ -62,6 +65,7 @@ def evaluate_loaded(
     root: str | None = None,
     tta: TTA = NO_TTA,
     label_ids: Path | None = None,
+    score_at: str | None = None,
 ) -> EvalResult:
     """Score a loaded checkpoint on ``split`` of its run's dataset, as the Trainer validates.
 
@@ -72,6 +76,8 @@ def evaluate_loaded(
         tta: test-time augmentation.
         label_ids: a folder (which must exist) to also write every prediction into as Cityscapes
             ``<image stem>_labelIds.png``, during the same pass; Cityscapes runs only.
+        score_at: ``"label"`` or ``"input"``; default the run's ``data.score_at``
+            (:class:`~pixelwise.engine.evaluate.Evaluator`).
 
     Raises:
         PixelwiseError: ``label_ids`` for a run on another dataset, or a model whose output
@@ -83,7 +89,9 @@ def evaluate_loaded(
     dataset, split = split_dataset(loaded.config, split, root)
     if label_ids is not None:
         task = LabelIdsWriter(task, dataset, label_ids)  # type: ignore[assignment]
-    evaluator = Evaluator(loaded.config, task, split=split, tta=tta, dataset=dataset)
+    evaluator = Evaluator(
+        loaded.config, task, split=split, tta=tta, dataset=dataset, score_at=score_at
+    )
     return evaluator.run_loaded(loaded)
 
 
@@ -126,6 +134,7 @@ def write_eval_outputs(
         "split": result.split,
         "images": len(result.dataset),
         "tta": asdict(tta),
+        "scored_at": SCORED_AT_WORDS[result.scored_at],
         "classes": classes,
         "scores": result.report.as_dict(),
         "overlays": written,

@@ -1,5 +1,6 @@
 """Evaluation, written once: the Trainer's validation, ``eval`` and ``compare`` all score through
-:class:`Evaluator`, with the task's preprocessing and metric and the run's precision.
+:class:`Evaluator`, with the task's preprocessing and metric and the run's precision, at each
+label's own size by default (``data.score_at``, :mod:`pixelwise.engine.label_size`).
 
 >>> result = evaluate_checkpoint("runs/demo/best.pt")        # the run's val split
 >>> print(result.report.format(result.dataset.classes))
@@ -18,6 +19,7 @@ from torch import nn
 from pixelwise.config import Config
 from pixelwise.data import build_dataset
 from pixelwise.engine.inference import check_tta
+from pixelwise.engine.label_size import check_score_at, configured_score_at, scored_at_text
 from pixelwise.engine.loader import EpochBatchSampler, make_loader
 from pixelwise.engine.model_io import LoadedModel, load_model
 from pixelwise.engine.precision import Precision, float32
@@ -26,12 +28,19 @@ from pixelwise.tasks.base import NO_TTA, TTA, Metric, Report, Task
 
 @dataclass
 class EvalResult:
-    """One evaluation: the report (scores), the metric behind it, and what was evaluated."""
+    """One evaluation: the report (scores), the metric behind it, what was evaluated, and the
+    size it was scored at (``"label"`` or ``"input"``)."""
 
     report: Report
     metric: Metric
     dataset: Any
     split: str
+    scored_at: str = "input"
+
+    def scored_text(self) -> str:
+        """The console's words for the size scored at: "scored at the labels' size 360×480"."""
+        words = getattr(self.report, "scored_text", lambda: None)()
+        return words or scored_at_text(self.scored_at, [])
 
 
 @torch.no_grad()
@@ -83,6 +92,11 @@ class Evaluator:
         root: default ``data.root``.
         tta: test-time augmentation; a sliding window evaluates one image at a time.
         dataset: an already built dataset for ``split`` (the Trainer passes its own).
+        score_at: ``"label"`` scores each prediction upsampled to its label's own size,
+            ``"input"`` at the network's input size against labels resized to it; default the
+            run's ``data.score_at`` (``"label"``). A task that cannot score at the labels' size
+            (:attr:`~pixelwise.tasks.base.Task.scores_at_label_size`, the instance task) scores
+            at the input size, which :attr:`score_at` then says.
     """
 
     def __init__(
@@ -96,9 +110,12 @@ class Evaluator:
         dataset: Any = None,
         rank: int = 0,
         world_size: int = 1,
+        score_at: str | None = None,
     ) -> None:
         check_tta(tta.scales, tta.crop, tta.stride)
+        requested = configured_score_at(config) if score_at is None else check_score_at(score_at)
         self.cfg, self.task, self.tta = config, task, tta
+        self.score_at = requested if task.scores_at_label_size else "input"
         if dataset is None:
             dataset, split = split_dataset(config, split, root)
         self.dataset = dataset
@@ -111,10 +128,8 @@ class Evaluator:
             len(self.dataset), d.val_batch_size if self.tta.crop is None else 1, shuffle=False,
             drop_last=False, rank=self.rank, world_size=self.world_size,
         )  # fmt: skip
-        return make_loader(
-            self.dataset, self.task.eval_transforms(), sampler, d.num_workers,
-            collate_fn=self.task.collate,
-        )  # fmt: skip
+        transforms, collate = self.task.eval_batches(self.score_at)
+        return make_loader(self.dataset, transforms, sampler, d.num_workers, collate_fn=collate)
 
     def run(
         self,
@@ -128,7 +143,7 @@ class Evaluator:
             model, self.loader(), self.task, device, precision=precision,
             channels_last=channels_last, tta=self.tta,
         )  # fmt: skip
-        return EvalResult(report, metric, self.dataset, self.split)
+        return EvalResult(report, metric, self.dataset, self.split, self.score_at)
 
     def run_loaded(self, loaded: LoadedModel) -> EvalResult:
         """Score a loaded checkpoint in the precision its run validated in."""
@@ -145,8 +160,11 @@ def evaluate_checkpoint(
     root: str | None = None,
     tta: TTA = NO_TTA,
     device: str | torch.device = "auto",
+    score_at: str | None = None,
 ) -> EvalResult:
     """What ``pixelwise eval`` computes, in one call: ``evaluate_checkpoint("best.pt").report``."""
     loaded = load_model(checkpoint, device)
-    evaluator = Evaluator(loaded.config, loaded.task, split=split, root=root, tta=tta)
+    evaluator = Evaluator(
+        loaded.config, loaded.task, split=split, root=root, tta=tta, score_at=score_at
+    )
     return evaluator.run_loaded(loaded)

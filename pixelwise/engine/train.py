@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from pixelwise.config import Config, dump_config
+from pixelwise.data.transforms import first_image_sizes
 from pixelwise.engine.checkpoint import capture_rng, first_nonfinite, save_checkpoint
 from pixelwise.engine.distributed import leave_process_group, unwrap
 from pixelwise.engine.evaluate import Evaluator
@@ -117,6 +119,7 @@ class Trainer:
         self.train_images_per_s = 0.0
         self._losses = RunningMeans()
         self._interval = RunningMeans()  # loss terms since the previous log step
+        self._image_size: list[int] | None = None
         self._loaders: dict[int, Any] = {}
 
     @classmethod
@@ -157,7 +160,22 @@ class Trainer:
             # the state dict: loading the checkpoint must not fetch them again.
             "model_options": {k: v for k, v in self.cfg.model.options.items() if k != "weights"},
             "run": self.run_info,
+            # What the network saw, so predict can warn about photos far from it (predict_scale).
+            "train_image_size": self._train_image_size(),
         }
+
+    def _train_image_size(self) -> list[int] | None:
+        """[H, W] the training images had before cropping: ``data.resize``, else the median of
+        the first images' sizes read from their headers (None when none can be measured)."""
+        if self._image_size is None:
+            resize = self.cfg.data.resize
+            sizes = [tuple(resize)] if resize else first_image_sizes(self.train_set)
+            self._image_size = (
+                [int(statistics.median(s[0] for s in sizes)),
+                 int(statistics.median(s[1] for s in sizes))]
+                if sizes else []
+            )  # fmt: skip
+        return self._image_size or None
 
     def _payload(self) -> dict[str, Any]:
         return {

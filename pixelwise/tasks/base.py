@@ -173,6 +173,9 @@ class Task:
     fixed_forward: ClassVar[bool] = True
     #: Why ``bench`` cannot time this task's networks (None: it can).
     bench_refusal: ClassVar[str | None] = None
+    #: Whether evaluation can score predictions at each label's own size (``data.score_at:
+    #: label``, see :mod:`pixelwise.engine.label_size`); others score at the input size always.
+    scores_at_label_size: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -250,6 +253,13 @@ class Task:
 
     def collate(self, samples: list[Any]) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def eval_batches(self, score_at: str) -> tuple[Callable, Callable]:
+        """The transforms and the collate of the batches evaluation scores at ``score_at``
+        (``"label"`` or ``"input"``). A task that does not :attr:`scores_at_label_size` is only
+        asked for ``"input"``: the eval transforms' pairs, batched by :meth:`collate`."""
+        del score_at
+        return self.eval_transforms(), self.collate
 
     def to_device(
         self, batch: tuple[Any, Any], device: torch.device, channels_last: bool = False

@@ -23,6 +23,16 @@ from pixelwise.config import Config
 from pixelwise.data.subset import apply_labeled_subset
 from pixelwise.data.transforms import build_eval_transforms, build_train_transforms
 from pixelwise.engine.inference import predict_probs
+from pixelwise.engine.label_size import (
+    SCORED_AT_WORDS,
+    KeepOriginalLabel,
+    OriginalLabels,
+    collate_original_labels,
+    gather_sizes,
+    label_size_pairs,
+    scored_at_text,
+    sizes_summary,
+)
 from pixelwise.engine.loader import collate as stack_batch
 from pixelwise.engine.memory import Request, fit_prediction
 from pixelwise.engine.precision import Precision
@@ -38,6 +48,7 @@ from pixelwise.viz import (
     prediction_grid,
     save_label_png,
     save_png,
+    untinted_ids,
     with_legend,
 )
 
@@ -45,7 +56,16 @@ from pixelwise.viz import (
 @dataclass(frozen=True)
 class SemanticReport(Scores):
     """:class:`~pixelwise.metrics.Scores` as a :class:`~pixelwise.tasks.base.Report`: best.pt
-    keeps the highest mIoU."""
+    keeps the highest mIoU.
+
+    Attributes:
+        scored_at: ``"label"`` (each label's own size), ``"input"`` (the network's input size),
+            or None where unrecorded (an instance network's painted maps).
+        scored_sizes: the distinct H×W sizes scored.
+    """
+
+    scored_at: str | None = None
+    scored_sizes: tuple[tuple[int, int], ...] = ()
 
     @property
     def score(self) -> float:
@@ -60,26 +80,61 @@ class SemanticReport(Scores):
     def format(self, classes: Sequence[str]) -> str:
         return format_scores(self, list(classes))
 
+    def as_dict(self) -> dict[str, Any]:
+        """The scores, and where a metric recorded it, the size they were scored at:
+        ``"scored_at"`` (``"label size"`` or ``"input size"``) and ``"scored_sizes"``
+        (:func:`~pixelwise.engine.label_size.sizes_summary`)."""
+        values: dict[str, Any] = dict(super().as_dict())
+        if self.scored_at is not None:
+            values["scored_at"] = SCORED_AT_WORDS[self.scored_at]
+            values["scored_sizes"] = sizes_summary(self.scored_sizes)
+        return values
+
+    def scored_text(self) -> str | None:
+        """The console's words for the size scored at: "scored at the labels' size 360×480"
+        (None where no metric recorded it)."""
+        return None if self.scored_at is None else scored_at_text(self.scored_at, self.scored_sizes)
+
 
 class SemanticMetric:
-    """The dataset-wide confusion matrix of predicted probabilities against masks."""
+    """The dataset-wide confusion matrix of predicted probabilities against masks.
+
+    Masks come as a tensor at the network's size (``data.score_at: input``), or as
+    :class:`~pixelwise.engine.label_size.OriginalLabels`, each label at its own size, to which
+    each image's probabilities are upsampled before the argmax (``label``, the default).
+    """
 
     def __init__(self, num_classes: int, device: torch.device) -> None:
         self.confusion = ConfusionMatrix(num_classes, device=device)
+        self.scored_at: str | None = None  # "label" or "input", from the first batch
+        self.sizes: set[tuple[int, int]] = set()
 
     @property
     def matrix(self) -> Tensor:
         return self.confusion.matrix
 
-    def update(self, outputs: Tensor, targets: Tensor) -> None:
+    def update(self, outputs: Tensor, targets: Tensor | OriginalLabels) -> None:
+        if isinstance(targets, OriginalLabels):
+            self.scored_at = "label"
+            for prediction, target in label_size_pairs(outputs, targets):
+                self.confusion.update(prediction, target)
+                self.sizes.add((int(target.shape[-2]), int(target.shape[-1])))
+            return
+        self.scored_at = "input"
         # A valid-padding U-Net predicts the centre only: score that window of the mask.
-        self.confusion.update(outputs.argmax(dim=1), match_target(outputs, targets))
+        target = match_target(outputs, targets)
+        self.confusion.update(outputs.argmax(dim=1), target)
+        self.sizes.add((int(target.shape[-2]), int(target.shape[-1])))
 
     def all_reduce(self) -> None:
         self.confusion.all_reduce()
+        self.sizes = gather_sizes(self.sizes)
 
     def compute(self) -> SemanticReport:
-        return SemanticReport(**vars(self.confusion.compute()))
+        return SemanticReport(
+            **vars(self.confusion.compute()), scored_at=self.scored_at,
+            scored_sizes=tuple(sorted(self.sizes)),
+        )  # fmt: skip
 
 
 @register_task("semantic")
@@ -87,6 +142,7 @@ class SemanticTask(Task):
     """A class for every pixel (see the module docstring)."""
 
     fixed_forward: ClassVar[bool] = True
+    scores_at_label_size: ClassVar[bool] = True
 
     # -- data ----------------------------------------------------------------------------------
     def train_dataset(self, dataset: Any) -> Any:
@@ -111,6 +167,14 @@ class SemanticTask(Task):
 
     def collate(self, samples: list[Any]) -> tuple[Any, Any]:
         return stack_batch(samples)
+
+    def eval_batches(self, score_at: str) -> tuple[Callable, Callable]:
+        """At ``"label"`` size each image as :meth:`eval_transforms` makes it and its label as
+        read, batched as :class:`~pixelwise.engine.label_size.OriginalLabels`; at ``"input"``
+        size the eval transforms' pairs."""
+        if score_at == "input":
+            return self.eval_transforms(), self.collate
+        return KeepOriginalLabel(self.eval_transforms()), collate_labels_as_read
 
     # -- training ------------------------------------------------------------------------------
     def setup(
@@ -213,17 +277,34 @@ class SemanticTask(Task):
     def write_prediction(
         self, net: Inference, image: Tensor, paths: Sequence[Path], settings: PredictSettings
     ) -> None:
-        """The label PNG (palette colours) and the overlay with a legend, at the image's size."""
+        """The label PNG (palette colours) and the overlay with a legend, at the image's size.
+
+        The overlay leaves the pixels of the background class (:func:`~pixelwise.viz.untinted_ids`)
+        as the photo and blends every other class's colour in at
+        :data:`~pixelwise.viz.OVERLAY_ALPHA`; its legend, sized to the picture, lists the
+        classes (the untinted ones with an empty swatch) and no "ignore", which a prediction
+        never holds.
+        """
         label_path, overlay_path = paths
         label, _ = self.predict_image(net, image, settings.tta)
         save_label_png(label, self.palette, label_path)
         # A valid-padding model predicts the centre only: overlay that window of the image.
         rgb = center_crop(image, tuple(label.shape)).permute(1, 2, 0).numpy()
-        picture = overlay(rgb, label, self.palette)
-        save_png(with_legend(picture, self.classes, self.palette), overlay_path)
+        untinted = untinted_ids(self.classes)
+        picture = overlay(rgb, label, self.palette, untinted=untinted)
+        save_png(
+            with_legend(picture, self.classes, self.palette, untinted=untinted, ignore=False),
+            overlay_path,
+        )
 
     def export_module(self, model: nn.Module) -> nn.Module:
         return model
+
+
+def collate_labels_as_read(samples: list[Any]) -> tuple[Tensor, OriginalLabels]:
+    """Resized images stacked, labels kept at their own sizes (a module function: a loader's
+    workers pickle it)."""
+    return collate_original_labels(samples, stack_batch)
 
 
 def class_weights_for(cfg: Config, dataset: Any) -> Tensor | None:
