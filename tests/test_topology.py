@@ -277,3 +277,68 @@ def test_fcdensenet_order_test_fails_on_skip_first(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(fcdensenet.TransitionUp, "forward", skip_first)
     orders = _transition_up_orders(_fcdensenet56())
     assert len(orders) == 5 and not any(first and last for first, last in orders)
+
+
+# -- GAN-SS: the discriminator's loss on real pixels, labelled or not ----------------------------
+
+
+def test_gan_ss_discriminator_loss_counts_every_real_pixel_labelled_or_not(tmp_path) -> None:
+    """D's loss is supervised + real + fake (Salimans et al.), and the real term, -log(1 - p_fake),
+    covers the unlabelled images too: with one labelled and one all-ignore image, the logged
+    ``d_real`` is the hand-computed mean over both images' pixels and the step's loss is the sum
+    of the three logged terms (dropping a term from the update would leave it logged)."""
+    from pixelwise.config import config_from_dict
+    from pixelwise.engine.precision import float32
+    from pixelwise.tasks import build_task
+    from pixelwise.tasks.base import Update
+    from tests.test_gan_ss import gan_config
+
+    torch.manual_seed(0)
+    config = config_from_dict(gan_config(tmp_path))
+    task = build_task(config, 3, ["a", "b", "c"], [(0, 0, 0)] * 3)
+    model = build_model("gan_ss", 3, **config.model.options)
+    task.setup(model, torch.device("cpu"), None, float32())
+    model.eval()  # running statistics and no dropout: the step's D forward is reproducible here
+    images = torch.randn(2, 3, 32, 32)
+    masks = torch.full((2, 32, 32), 255, dtype=torch.long)
+    masks[0] = torch.randint(0, 3, (32, 32))  # image 0 labelled, image 1 not
+    with torch.no_grad():
+        logits = model(images, with_fake=True).double()  # N x (K + 1) x H x W
+    p_fake = logits.softmax(dim=1)[:, -1]
+    per_image = -torch.log1p(-p_fake).mean(dim=(1, 2))
+    assert abs(per_image[0] - per_image[1]) > 1e-3, "the two images must tell the terms apart"
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    update = Update(optimizer, torch.amp.GradScaler("cpu", enabled=False), float32())
+    result = task.train_step(model, images, masks, update)
+    terms = result.terms
+    assert terms["d_real"] == pytest.approx(per_image.mean().item(), rel=1e-4)
+    total = terms["d_supervised"] + terms["d_real"] + terms["d_fake"]
+    assert result.loss == pytest.approx(total, rel=1e-5)
+
+
+# -- DecoupledNet: the deconvolution net unpools at the classifier's pool argmax -----------------
+
+
+def test_decouplednet_decoder_unpools_at_the_classifiers_pool_argmax() -> None:
+    """Every decoder stage's input is an unpooled map: in each 2x2 window at most one position,
+    the one the classifier's pool picked, is non-zero (nearest upsampling would fill all four)."""
+    torch.manual_seed(0)
+    model = build_model("decouplednet", 4, width_divisor=16, fc_kernel=2, input_size=96).eval()
+    seen: list[Tensor] = []
+    handles = [
+        block.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        for block in model.decoder
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.randn(2, 3, 96, 96), torch.tensor([[0, 0], [1, 2]]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen) == len(model.decoder)
+    for unpooled in seen:
+        even = unpooled[..., : unpooled.shape[-2] // 2 * 2, : unpooled.shape[-1] // 2 * 2]
+        windows = nn.functional.avg_pool2d((even != 0).float(), 2) * 4
+        assert windows.max().item() <= 1, "a 2x2 window has more than the pooled position"
+        assert windows.sum().item() > 0, "the unpooled map is all zero"
