@@ -454,7 +454,7 @@ def cmd_eval(args) -> int:
     with _folder_for_outputs(ids_folder, "--save-label-ids") as label_ids:
         result = evaluate_loaded(
             loaded, split=args.split, root=args.root, tta=tta, label_ids=label_ids,
-            score_at=args.score_at,
+            score_at=args.score_at, progress=sys.stderr.isatty(),
         )  # fmt: skip
     print(
         f"{loaded.meta['model']} on {loaded.config.data.dataset} {result.split} "

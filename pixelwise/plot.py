@@ -1,6 +1,6 @@
 """``pixelwise plot RUN [RUN ...]``: the curves a researcher looks at, several runs overlaid, in one PNG.
 
-Panels: the training loss terms, the learning rate, the validation score (the task's headline, e.g.
+Panels: the training loss terms (and the validation loss, crosses), the learning rate, the validation score (the task's headline, e.g.
 mIoU) and the validation per-class IoU, all against iterations. A run folder holds what it needs:
 ``train_log.jsonl`` (one row per ``train.log_every``: step, loss terms, lr, images/s) and
 ``metrics.jsonl`` (one row per validation: step, scores, per-class IoU, the mean training loss
@@ -144,6 +144,9 @@ def plot_runs(folders: Sequence[Path], out: Path, *, per_class_of: int = 0) -> P
             if x:
                 label = name if len(terms) == 1 else f"{name}: {term}"
                 loss_ax.plot(x, y, styles[t % len(styles)], color=colour, label=label, lw=1.2)
+        x, y = _series(run.val, "loss")  # the validation loss, where the run recorded one
+        if x:
+            loss_ax.plot(x, y, "x--", color=colour, label=f"{name}: val loss", ms=5, lw=1)
         x, y = _series(run.train, "lr")
         if x:
             lr_ax.plot(x, y, color=colour, label=name, lw=1.2)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -101,7 +102,18 @@ def test_tensorboard_gets_per_class_iou_without_absent_classes(tmp_path):
     events = EventAccumulator(str(trainer.run_dir / "tensorboard"))
     events.Reload()
     tags = events.Tags()["scalars"]
-    assert "val_iou/background" in tags and "train/loss" in tags
+    assert "val_iou/background" in tags and "train/loss" in tags and "val/loss" in tags
+
+
+def test_the_validation_loss_is_the_mean_negative_log_probability_of_the_labels():
+    from pixelwise.tasks.semantic import SemanticMetric
+
+    metric = SemanticMetric(2, torch.device("cpu"))
+    probs = torch.tensor([[0.5, 0.25, 0.9], [0.5, 0.75, 0.1]]).reshape(1, 2, 1, 3)
+    metric.update(probs, torch.tensor([[[0, 1, 255]]]))
+    expected = (math.log(2.0) + math.log(4.0 / 3.0)) / 2.0  # the ignored pixel counts for nothing
+    assert metric.compute().loss == pytest.approx(expected)
+    assert metric.compute().as_dict()["loss"] == pytest.approx(expected)
 
 
 def test_a_resume_drops_log_rows_past_its_checkpoint(tmp_path):
@@ -202,3 +214,17 @@ def test_the_readme_training_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(short, "README.md", "exec"), {})
     assert capsys.readouterr().out.splitlines()[-1].startswith("mIoU")
     assert (tmp_path / "unet_try" / "best.pt").is_file()
+
+
+def test_an_evaluation_shows_a_bar_of_its_batches_when_asked(tmp_path, capsys):
+    from pixelwise.engine.evaluate import run_evaluation
+    from pixelwise.tasks.semantic import SemanticTask
+
+    config = config_from_dict(tiny_config(tmp_path))
+    task = SemanticTask(config, 6, [str(c) for c in range(6)], [[c, c, c] for c in range(6)])
+    model = build_model("unet", 6, padding="same", base_channels=4)
+    batches = [(torch.randn(2, 3, 32, 32), torch.randint(0, 6, (2, 32, 32)))] * 3
+    report, _ = run_evaluation(model, batches, task, torch.device("cpu"), progress=True)
+    assert "evaluating" in capsys.readouterr().err and 0 <= report.mean_iou <= 1
+    run_evaluation(model, batches, task, torch.device("cpu"))
+    assert "evaluating" not in capsys.readouterr().err

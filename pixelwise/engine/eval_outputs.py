@@ -66,6 +66,7 @@ def evaluate_loaded(
     tta: TTA = NO_TTA,
     label_ids: Path | None = None,
     score_at: str | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Score a loaded checkpoint on ``split`` of its run's dataset, as the Trainer validates.
 
@@ -78,6 +79,7 @@ def evaluate_loaded(
             ``<image stem>_labelIds.png``, during the same pass; Cityscapes runs only.
         score_at: ``"label"`` or ``"input"``; default the run's ``data.score_at``
             (:class:`~pixelwise.engine.evaluate.Evaluator`).
+        progress: show a bar of the batches.
 
     Raises:
         PixelwiseError: ``label_ids`` for a run on another dataset, or a model whose output
@@ -92,7 +94,7 @@ def evaluate_loaded(
     evaluator = Evaluator(
         loaded.config, task, split=split, tta=tta, dataset=dataset, score_at=score_at
     )
-    return evaluator.run_loaded(loaded)
+    return evaluator.run_loaded(loaded, progress=progress)
 
 
 # -- the folder of one evaluation ----------------------------------------------------------------

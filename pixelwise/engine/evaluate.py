@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from pixelwise.config import Config
 from pixelwise.data import build_dataset
@@ -53,23 +54,37 @@ def run_evaluation(
     precision: Precision | None = None,
     channels_last: bool = False,
     tta: TTA = NO_TTA,
+    progress: bool = False,
 ) -> tuple[Report, Metric]:
     """Score ``model`` over ``batches`` with ``task``'s metric, all-reduced across ranks, under
-    ``precision`` (default float32); the model's train/eval mode is left as the caller had it."""
+    ``precision`` (default float32); the model's train/eval mode is left as the caller had it.
+    ``progress`` shows a bar of the batches (a terminal's; it is gone when they are done)."""
     precision = precision or float32(device)
     was_training = model.training
     model.eval()
     metric = task.new_metric(device)
+    shown = tqdm(
+        batches, total=_length(batches), desc="evaluating", unit="batch", leave=False,
+        dynamic_ncols=True, disable=not progress,
+    )  # fmt: skip
     try:
-        for batch in batches:
+        for batch in shown:
             inputs, targets = task.to_device(batch, device, channels_last)
             with precision.autocast():
                 outputs = task.predict(model, inputs, tta)
             metric.update(outputs, targets)
     finally:
+        shown.close()
         model.train(was_training)
     metric.all_reduce()
     return metric.compute(), metric
+
+
+def _length(batches: Iterable[Any]) -> int | None:
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def split_dataset(
@@ -138,18 +153,19 @@ class Evaluator:
         *,
         precision: Precision | None = None,
         channels_last: bool = False,
+        progress: bool = False,
     ) -> EvalResult:
         report, metric = run_evaluation(
             model, self.loader(), self.task, device, precision=precision,
-            channels_last=channels_last, tta=self.tta,
+            channels_last=channels_last, tta=self.tta, progress=progress,
         )  # fmt: skip
         return EvalResult(report, metric, self.dataset, self.split, self.score_at)
 
-    def run_loaded(self, loaded: LoadedModel) -> EvalResult:
+    def run_loaded(self, loaded: LoadedModel, *, progress: bool = False) -> EvalResult:
         """Score a loaded checkpoint in the precision its run validated in."""
         return self.run(
             loaded.model, loaded.device, precision=loaded.precision,
-            channels_last=loaded.channels_last,
+            channels_last=loaded.channels_last, progress=progress,
         )  # fmt: skip
 
 

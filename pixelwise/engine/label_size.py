@@ -114,6 +114,12 @@ def label_size_pairs(outputs: Tensor, labels: OriginalLabels) -> Iterator[tuple[
     """``(prediction, target)`` per image, both 1×H×W at the label's size: the probabilities (or
     logits) N×C×h×w upsampled image by image, then the argmax; the label centre-cropped to what
     the prediction covers (all of it, but for a valid-padding network)."""
+    for scores, target in label_size_scores(outputs, labels):
+        yield scores.argmax(1), target
+
+
+def label_size_scores(outputs: Tensor, labels: OriginalLabels) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(scores, target)`` per image: 1×C×H×W upsampled to the label's size, and 1×H×W."""
     if len(labels.masks) != outputs.shape[0]:
         raise ValueError(f"{outputs.shape[0]} predictions for {len(labels.masks)} labels")
     for k, mask in enumerate(labels.masks):
@@ -121,7 +127,7 @@ def label_size_pairs(outputs: Tensor, labels: OriginalLabels) -> Iterator[tuple[
         scores = outputs[k : k + 1]
         if tuple(scores.shape[-2:]) != size:
             scores = F.interpolate(scores.float(), size=size, mode="bilinear", align_corners=False)
-        yield scores.argmax(1), center_crop(mask, size)[None]
+        yield scores, center_crop(mask, size)[None]
 
 
 def gather_sizes(sizes: set[tuple[int, int]]) -> set[tuple[int, int]]:

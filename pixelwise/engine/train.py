@@ -464,6 +464,7 @@ class Trainer:
                 self.device,
                 precision=self.precision,
                 channels_last=self.cfg.train.channels_last,
+                progress=self.progress_mode == "bar",
             )  # fmt: skip
             .report
         )

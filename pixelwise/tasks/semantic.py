@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.config import Config
+from pixelwise.data.base import IGNORE_INDEX
 from pixelwise.data.subset import apply_labeled_subset
 from pixelwise.data.transforms import build_eval_transforms, build_train_transforms
 from pixelwise.engine.inference import predict_probs
@@ -29,7 +30,7 @@ from pixelwise.engine.label_size import (
     OriginalLabels,
     collate_original_labels,
     gather_sizes,
-    label_size_pairs,
+    label_size_scores,
     scored_at_text,
     sizes_summary,
 )
@@ -66,16 +67,21 @@ class SemanticReport(Scores):
 
     scored_at: str | None = None
     scored_sizes: tuple[tuple[int, int], ...] = ()
+    # The validation loss: mean -log p(label) over the labelled pixels scored (no class weights).
+    loss: float | None = None
 
     @property
     def score(self) -> float:
         return self.mean_iou
 
     def scalars(self) -> dict[str, float]:
-        return {
+        values = {
             "mIoU": self.mean_iou, "pixel_accuracy": self.pixel_accuracy,
             "mean_accuracy": self.mean_accuracy, "fwIoU": self.fw_iou,
         }  # fmt: skip
+        if self.loss is not None:
+            values["loss"] = self.loss
+        return values
 
     def format(self, classes: Sequence[str]) -> str:
         return format_scores(self, list(classes))
@@ -85,6 +91,8 @@ class SemanticReport(Scores):
         ``"scored_at"`` (``"label size"`` or ``"input size"``) and ``"scored_sizes"``
         (:func:`~pixelwise.engine.label_size.sizes_summary`)."""
         values: dict[str, Any] = dict(super().as_dict())
+        if self.loss is not None:
+            values["loss"] = self.loss
         if self.scored_at is not None:
             values["scored_at"] = SCORED_AT_WORDS[self.scored_at]
             values["scored_sizes"] = sizes_summary(self.scored_sizes)
@@ -108,6 +116,8 @@ class SemanticMetric:
         self.confusion = ConfusionMatrix(num_classes, device=device)
         self.scored_at: str | None = None  # "label" or "input", from the first batch
         self.sizes: set[tuple[int, int]] = set()
+        # Summed -log p(label) and the labelled pixels it covers (the validation loss).
+        self.nll = torch.zeros(2, dtype=torch.float64, device=device)
 
     @property
     def matrix(self) -> Tensor:
@@ -116,24 +126,33 @@ class SemanticMetric:
     def update(self, outputs: Tensor, targets: Tensor | OriginalLabels) -> None:
         if isinstance(targets, OriginalLabels):
             self.scored_at = "label"
-            for prediction, target in label_size_pairs(outputs, targets):
-                self.confusion.update(prediction, target)
-                self.sizes.add((int(target.shape[-2]), int(target.shape[-1])))
+            for scores, target in label_size_scores(outputs, targets):
+                self._score(scores, target)
             return
         self.scored_at = "input"
         # A valid-padding U-Net predicts the centre only: score that window of the mask.
-        target = match_target(outputs, targets)
-        self.confusion.update(outputs.argmax(dim=1), target)
+        self._score(outputs, match_target(outputs, targets))
+
+    def _score(self, probs: Tensor, target: Tensor) -> None:
+        self.confusion.update(probs.argmax(dim=1), target)
         self.sizes.add((int(target.shape[-2]), int(target.shape[-1])))
+        labelled = target != IGNORE_INDEX
+        if bool(labelled.any()):
+            picked = probs.gather(1, target.clamp(0, probs.shape[1] - 1)[:, None])[:, 0]
+            nll = -picked[labelled].double().clamp_min(1e-12).log()
+            self.nll += torch.stack([nll.sum(), nll.new_tensor(float(nll.numel()))])
 
     def all_reduce(self) -> None:
         self.confusion.all_reduce()
         self.sizes = gather_sizes(self.sizes)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.nll)
 
     def compute(self) -> SemanticReport:
+        total, count = (float(v) for v in self.nll)
         return SemanticReport(
             **vars(self.confusion.compute()), scored_at=self.scored_at,
-            scored_sizes=tuple(sorted(self.sizes)),
+            scored_sizes=tuple(sorted(self.sizes)), loss=total / count if count else None,
         )  # fmt: skip
 
 
