@@ -447,6 +447,7 @@ def cmd_eval(args) -> int:
     if args.save_label_ids:
         _check_output_folder(Path(args.save_label_ids), "--save-label-ids")
     loaded = load_model(args.checkpoint, args.device)
+    tta = _fit_eval_memory(loaded, tta, args.split, args.root)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     if args.save_label_ids:
         check_label_ids_dataset(loaded.config.data.dataset)
@@ -555,6 +556,24 @@ def cmd_predict(args) -> int:
     if refused:
         _print_refused(images, refused, "exit status 1")
     return 1 if refused else 0
+
+
+def _fit_eval_memory(loaded, tta, split: str | None, root: str | None):
+    """``tta`` as it fits the memory for the split's first image (a split's images mostly share
+    one size): unchanged, in sliding windows that fit (said on stderr), or refused in one
+    sentence before the evaluation starts. Tasks without an estimate keep ``tta``."""
+    from pixelwise.engine.evaluate import split_dataset
+
+    fit = getattr(loaded.task, "fit_memory", None)
+    if fit is None:
+        return tta
+    dataset, _ = split_dataset(loaded.config, split, root)
+    if len(dataset) == 0:
+        return tta
+    image, label = loaded.task.eval_transforms()(*dataset[0])
+    size = tuple(int(s) for s in label.shape[-2:])
+    batch = loaded.config.data.val_batch_size
+    return fit(loaded.inference, tuple(image.shape), size, tta, batch=batch)
 
 
 def _input_problem(path: Path) -> str | None:

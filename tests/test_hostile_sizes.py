@@ -356,3 +356,25 @@ def test_free_memory_is_read_on_this_machine():
     free = memory.available_bytes(CPU)
     assert free is None or free > 0
     assert memory._meminfo_available(Path("/nonexistent")) is None
+
+
+def test_eval_checks_its_request_against_memory_before_it_starts(tmp_path, monkeypatch, capsys):
+    checkpoint = write_checkpoint(tmp_path / "user" / "c.pt")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**30)
+    out = tmp_path / "user" / "o"
+    argv = ["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--scales", "1000"]
+    err = refused(argv, tmp_path / "user", capsys)
+    assert "at --scales 1000 needs about" in err and "1 GiB are free on cpu" in err, err
+
+
+def test_eval_too_big_for_one_pass_runs_in_windows_and_says_so(tmp_path, monkeypatch, capsys):
+    from pixelwise.cli import main
+
+    checkpoint = write_checkpoint(tmp_path / "user" / "c.pt")
+    # A batch of four at scale 4 needs 16.7 MiB in one pass; 12 MiB leave room for windows only.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 12 * 2**20)
+    rc = main(["eval", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+               "--scales", "4"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "note: " in err and "windows" in err, err

@@ -268,18 +268,24 @@ class SemanticTask(Task):
         return full.argmax(1)[0].cpu(), probs
 
     def fit_memory(
-        self, net: Inference, shape: tuple[int, ...], image_size: tuple[int, int], tta: TTA
+        self,
+        net: Inference,
+        shape: tuple[int, ...],
+        image_size: tuple[int, int],
+        tta: TTA,
+        batch: int = 1,
     ) -> TTA:
-        """``tta`` as it fits the memory free on ``net.device`` for a preprocessed 3×h×w ``shape``
-        (:func:`~pixelwise.engine.memory.fit_prediction`): unchanged when it fits, else in sliding
-        windows chosen to fit, said in one line on stderr.
+        """``tta`` as it fits the memory free on ``net.device`` for ``batch`` preprocessed 3×h×w
+        ``shape`` (:func:`~pixelwise.engine.memory.fit_prediction`): unchanged when it fits, else
+        in sliding windows chosen to fit (one image at a time), said in one line on stderr.
 
         Raises:
             PixelwiseError: when no window makes it fit (the images and probability maps alone
                 exceed the memory).
         """
         request = Request(
-            (1, *shape), self.num_classes, tuple(tta.scales), tta.flip, tta.crop, tta.stride,
+            (batch if tta.crop is None else 1, *shape), self.num_classes, tuple(tta.scales),
+            tta.flip, tta.crop, tta.stride,
             output_size=image_size,
         )  # fmt: skip
         fit = fit_prediction(
