@@ -91,6 +91,8 @@ def test_three_files_agree(compared):
     )
     data = json.loads((compared / "comparison.json").read_text())
     markdown = (compared / "comparison.md").read_text()
+    assert "- Scored at the labels' size" in markdown  # the size the scores are at
+    assert all(n["scored_at"].startswith("scored at the labels' size") for n in data["networks"])
     header, *body = _table(markdown, "network")
     assert [_name(row[0]) for row in body] == NETWORKS == [n["name"] for n in data["networks"]]
     for row, net in zip(body, data["networks"], strict=True):

@@ -62,6 +62,7 @@ class NetworkResult:
     flags: list[str] = field(default_factory=list)  # why its scores rank nothing (see below)
     seeds: list[NetworkResult] = field(default_factory=list)  # --seeds N > 1: each run's row
     spread: dict[str, float | None] = field(default_factory=dict)  # sample std over seeds
+    scored_at: str | None = None  # e.g. "scored at the labels' size 360×480"
 
 
 @dataclass
@@ -397,6 +398,10 @@ def format_markdown(comparison: Comparison) -> str:
                 "shows each network's first seed."
             )
     lines += [_setting_line(n) for n in c.networks]
+    scored = sorted({n.scored_at for n in c.networks if n.scored_at})
+    if scored:
+        said = "; ".join(scored)
+        lines.append(f"- {said[:1].upper()}{said[1:]} (data.score_at; docs/evaluation.md).")
     lines += [f"- {note}" for note in c.notes]
     lines += [
         "- Measured: mIoU, accuracies and fwIoU over the split's dataset-wide confusion matrix; "

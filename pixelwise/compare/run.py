@@ -238,6 +238,7 @@ def train_entry(plan: NetworkPlan, run_dir: Path, dataset: Any, settings: Compar
         params=measured.params, gflops=measured.gflops, latency_ms=measured.latency_ms,
         iterations=trained.iterations, train_images_per_s=trained.images_per_s,
         train_seconds=trained.seconds, peak_memory_mb=trained.peak_mb, seed=config.train.seed,
+        scored_at=_scored_text(trained.report),
     )  # fmt: skip
     print(
         f"    val mIoU {100 * result.mean_iou:.2f} after {trained.iterations} iterations in "
@@ -287,6 +288,7 @@ def load_all(settings: CompareSettings, out: Path) -> Evaluated:
             run_dir=str(Path(item.source).parent), eval_size=size,
             **_scores(scored.report, item.classes), params=measured.params,
             gflops=measured.gflops, latency_ms=measured.latency_ms, seed=item.config.train.seed,
+            scored_at=_scored_text(scored.report),
         )  # fmt: skip
         entries.append(Entry(result, item, network_notes(name, measured)))
         print(
@@ -472,3 +474,9 @@ def iterations_for_seconds(config: Config, seconds: float) -> int:
         trainer.fit(max_steps=CALIBRATION_STEPS + 2)
     intervals = np.diff(starts)[1:]
     return max(1, int(seconds / float(np.median(intervals))))
+
+
+def _scored_text(report: Any) -> str | None:
+    """The size a report was scored at, in the console's words (None where unrecorded)."""
+    text = getattr(report, "scored_text", None)
+    return text() if callable(text) else None
