@@ -88,9 +88,9 @@ def test_later_bases_merge_over_earlier_ones(tmp_path: Path) -> None:
 
 
 def test_a_base_path_is_relative_to_the_file_that_names_it(tmp_path: Path, monkeypatch) -> None:
-    _write(tmp_path / "shared" / "solver.yaml", {"optim": {"lr": 0.02}})
-    _write(tmp_path / "shared" / "common.yaml", {**BASE, "base": "solver.yaml"})
-    leaf = _write(tmp_path / "recipes" / "sub" / "leaf.yaml", {"base": "../../shared/common.yaml"})
+    _write(tmp_path / "parts" / "solver.yaml", {"optim": {"lr": 0.02}})
+    _write(tmp_path / "parts" / "common.yaml", {**BASE, "base": "solver.yaml"})
+    leaf = _write(tmp_path / "recipes" / "sub" / "leaf.yaml", {"base": "../../parts/common.yaml"})
     monkeypatch.chdir(tmp_path / "recipes")  # the current directory plays no part
     cfg = load_config(leaf)
     assert cfg.optim.lr == 0.1  # common.yaml's own value over its base's
