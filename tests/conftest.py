@@ -41,3 +41,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """best.pt of a one-step `pixelwise train` run on the shapes dataset, one per test module
+    (the tests that take it only read it, or write beside it in their own module's folder)."""
+    import yaml
+
+    from pixelwise.cli import main
+    from tests.test_engine import tiny_config
+
+    folder = tmp_path_factory.mktemp("run")
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(folder / "runs", iters=1, eval_every=1)))
+    assert main(["train", str(config)]) == 0
+    return folder / "runs" / "tiny" / "best.pt"

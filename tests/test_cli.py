@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 from PIL import Image
 
@@ -129,16 +128,6 @@ def test_errors_from_loader_workers_stay_one_sentence(tmp_path, capsys):
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: Label") and "[17]" in err and len(err.splitlines()) == 1
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """best.pt of a one-step run on the shapes dataset (shared by the tests that only read it)."""
-    folder = tmp_path_factory.mktemp("run")
-    config = folder / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(folder / "runs", iters=1, eval_every=1)))
-    assert main(["train", str(config)]) == 0
-    return folder / "runs" / "tiny" / "best.pt"
 
 
 def _photo(path: Path, seed: int = 0) -> Path:

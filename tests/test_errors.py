@@ -513,17 +513,6 @@ def answered(
     )
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from pixelwise.cli import main
-
-    folder = tmp_path_factory.mktemp("ckpt")
-    config = folder / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(folder / "runs", iters=1, eval_every=1)))
-    assert main(["train", str(config)]) == 0
-    return folder / "runs" / "tiny" / "best.pt"
-
-
 def _param(case: Case):
     marks = (
         [pytest.mark.xfail(strict=True, reason=f"being fixed by {case.fixed_by}")]

@@ -41,15 +41,6 @@ def _can_mount_tmpfs() -> bool:
 TMPFS = _can_mount_tmpfs()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("run")
-    config = folder / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(folder / "runs", iters=1, eval_every=1)))
-    assert main(["train", str(config)]) == 0
-    return folder / "runs" / "tiny" / "best.pt"
-
-
 def _photo(path: Path) -> Path:
     pixels = np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)

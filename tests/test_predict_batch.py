@@ -25,16 +25,6 @@ from tests.test_engine import tiny_config
 H, W = 20, 24
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """best.pt of a one-step run on the shapes dataset."""
-    folder = tmp_path_factory.mktemp("run")
-    config = folder / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(folder / "runs", iters=1, eval_every=1)))
-    assert main(["train", str(config)]) == 0
-    return folder / "runs" / "tiny" / "best.pt"
-
-
 def _pixels(height: int = H, width: int = W, seed: int = 0) -> np.ndarray:
     """A smooth picture with some texture: JPEG keeps it close, so damage shows."""
     yy, xx = np.mgrid[0:height, 0:width]
