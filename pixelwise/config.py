@@ -30,6 +30,9 @@ class ModelConfig:
     num_classes: int | None = None
     weights_backbone: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # A pixelwise checkpoint (a trained run's best.pt/last.pt, or `pixelwise convert`'s output)
+    # whose network weights start this run: fine-tuning. Optimizer, schedule and step start afresh.
+    init: str | None = field(default=None, metadata={"example": "runs/enet_camvid/best.pt"})
 
 
 @dataclass

@@ -142,6 +142,8 @@ def build_run(
     train_set = task.train_dataset(train_set)
 
     model = _build_model(config, num_classes, dist, device)
+    if config.model.init and checkpoint is None:  # a resume restores its own weights instead
+        init_weights(model, config, num_classes)
     precision = decide_precision(config.train.amp, device)
     if precision.note and dist.is_main:
         print(f"train.amp: {precision.note}")
@@ -264,6 +266,27 @@ def _build_model(
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def init_weights(model: nn.Module, config: Config, num_classes: int) -> None:
+    """Start ``model`` from the network weights of the checkpoint ``model.init`` (fine-tuning)."""
+    source = config.model.init
+    payload = load_checkpoint(source)
+    check_compatible(payload["meta"], config.model.name, num_classes, source)
+    weights = payload["model"]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    reshaped = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        first = (missing or unexpected or reshaped)[0]
+        what = "lacks" if missing else "has an extra" if unexpected else "has another shape for"
+        raise PixelwiseError(
+            f"model.init {source} {what} the weight {first!r} of the network the config builds "
+            f"({config.model.name} with options {config.model.options}); give model.options as "
+            "the checkpoint was trained with (its config.yaml) or another checkpoint."
+        )
+    model.load_state_dict(weights)
 
 
 def _check_stage_streams(
