@@ -61,7 +61,7 @@ def inputs() -> Tensor:
 
 
 def fill_variance_preserving(
-    model: nn.Module, calibration: Tensor
+    model: nn.Module, calibration: Tensor | tuple[Tensor, ...]
 ) -> tuple[list[tuple[int, ...]], Tensor]:
     """Give every parameter and float buffer values drawn in state-dict order.
 
@@ -74,7 +74,8 @@ def fill_variance_preserving(
     per layer, not per channel: a channel that hardly varies between the two inputs would
     otherwise be blown up to unit variance, and its rounding with it (a chaotic net whose
     logits change with the thread count). Each module is calibrated on its first call only.
-    Integer buffers are zeroed.
+    Integer buffers are zeroed. ``calibration`` is the input, or the tuple of a forward's
+    arguments (DecoupledNet's images and pairs).
 
     Returns:
         The shapes drawn for, and the calibrated net's logits on ``calibration`` (the pass that
@@ -107,7 +108,7 @@ def fill_variance_preserving(
     return shapes, _calibrate(model, calibration)
 
 
-def _calibrate(model: nn.Module, calibration: Tensor) -> Tensor:
+def _calibrate(model: nn.Module, calibration: Tensor | tuple[Tensor, ...]) -> Tensor:
     """The calibration pass; returns its output, which is the calibrated net's output on
     ``calibration`` (each hook returns what its module now computes)."""
     calibrated: set[int] = set()
@@ -150,7 +151,8 @@ def _calibrate(model: nn.Module, calibration: Tensor) -> Tensor:
     ]
     try:
         with torch.no_grad():
-            return model(calibration)
+            args = calibration if isinstance(calibration, tuple) else (calibration,)
+            return model(*args)
     finally:
         for hook in hooks:
             hook.remove()
