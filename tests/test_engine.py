@@ -108,6 +108,14 @@ def test_training_writes_the_run_folder(tmp_path):
     )
 
 
+def test_vis_samples_0_trains_and_draws_no_picture(tmp_path):
+    config = config_from_dict(tiny_config(tmp_path, iters=3, vis_samples=0))
+    trainer = Trainer.from_config(config, progress=False)
+    trainer.fit()
+    assert (trainer.run_dir / "last.pt").is_file()
+    assert not (trainer.run_dir / "predictions.png").exists()
+
+
 def test_resume_gives_identical_parameters(tmp_path):
     straight = Trainer.from_config(config_from_dict(tiny_config(tmp_path / "a")), progress=False)
     straight.fit()

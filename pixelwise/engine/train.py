@@ -477,10 +477,11 @@ class Trainer:
         append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         self._log_scalars({f"val/{k}": v for k, v in report.scalars().items()})
         self._log_scalars(per_class_scalars(report, self.classes))
-        grid = self.prediction_picture()
-        save_png(grid, self.run_dir / "predictions.png")
-        if self.writer is not None:
-            self.writer.add_image("val/predictions", grid, self.step, dataformats="HWC")
+        if self.cfg.train.vis_samples > 0:  # 0 asks for no picture
+            grid = self.prediction_picture()
+            save_png(grid, self.run_dir / "predictions.png")
+            if self.writer is not None:
+                self.writer.add_image("val/predictions", grid, self.step, dataformats="HWC")
         summary = ", ".join(f"{k} {100 * v:.2f}" for k, v in list(report.scalars().items())[:1])
         if self.shown is not None:
             self.shown.note(f"step {self.step}: val {summary}")
