@@ -109,6 +109,18 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the networks (name, paper, year, parameters)")
     models.add_argument("--flops", action="store_true", help="add GFLOPs at the paper's input size")
+    models.add_argument(
+        "--zoo", action="store_true", help="list the authors' released weights pixelwise converts"
+    )
+
+    convert = sub.add_parser(
+        "convert", help="turn the authors' released weights into a pixelwise checkpoint"
+    )
+    convert.add_argument("--model", required=True, help="a zoo name (pixelwise models --zoo)")
+    convert.add_argument("--weights", required=True, help="the released file, e.g. a .caffemodel")
+    convert.add_argument("--prototxt", help="the release's deploy .prototxt, where it needs one")
+    convert.add_argument("--out", required=True, help="the checkpoint to write, e.g. model.pt")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     bench = sub.add_parser(
         "bench", help="parameters, GFLOPs, latency, training speed and peak memory of networks"
@@ -195,7 +207,38 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value",
         help="dataset options, e.g. sbd_root=/data/benchmark_RELEASE (see `pixelwise datasets`)",
     )  # fmt: skip
+    _add_download_commands(dsub)
     return parser
+
+
+def _add_download_commands(dsub) -> None:
+    """``datasets download`` and ``datasets prepare`` (pixelwise/data/download.py, prepare.py)."""
+    get = dsub.add_parser(
+        "download",
+        help="download, verify and unpack a dataset from its owners, then check it",
+        description="NAME is one of: voc, sbd, camvid, camvid32, ade20k, coco, coco_stuff, nyudv2, "
+        "sunrgbd (cityscapes needs a login: see `datasets prepare`). Sources, sizes and checksums: "
+        "docs/datasets.md.",
+    )
+    get.add_argument("name")
+    get.add_argument("--root", help="the dataset root (default: its folder in the data home)")
+    get.add_argument(
+        "--mirror", metavar="URL", help="replaces every URL's host (default: $PIXELWISE_MIRROR)"
+    )
+    get.add_argument("--keep-archives", action="store_true", help="keep the verified archives")
+    get.add_argument(
+        "--no-extract", action="store_true", help="stop once the archives are verified"
+    )
+    get.add_argument(
+        "--timeout", type=float, default=60.0, metavar="S",
+        help="seconds without a byte before a download stops (run again to resume)",
+    )  # fmt: skip
+    prep = dsub.add_parser(
+        "prepare", help="unpack archives you downloaded yourself (cityscapes), then check them"
+    )
+    prep.add_argument("name")
+    prep.add_argument("--from", dest="archives", nargs="+", required=True, metavar="ARCHIVE")
+    prep.add_argument("--root", help="the dataset root (default: its folder in the data home)")
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
@@ -650,6 +693,11 @@ def cmd_models(args) -> int:
     from pixelwise.models.complexity import count_flops, count_parameters
     from pixelwise.tasks import task_class
 
+    if args.zoo:
+        from pixelwise.convert.zoo import zoo_table
+
+        print("\n".join(zoo_table()))
+        return 0
     header = f"{'name':<24} {'task':<8} {'year':>4} {'params':>12}"
     header += f" {'GFLOPs':>9} {'at HxW':>9}" if args.flops else ""
     print(header + "  paper")
@@ -671,6 +719,16 @@ def cmd_models(args) -> int:
             shares = (f"{part} {count_parameters(m):,}" for part, m in model.parts().items())
             print(f"    = {', '.join(shares)}")
     print("params: learnable parameters at the paper's class count; GFLOPs = 2 x multiply-adds.")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from pixelwise.convert.convert import convert_release
+
+    out = convert_release(
+        args.model, args.weights, args.out, prototxt=args.prototxt, overwrite=args.overwrite
+    )
+    print(f"wrote {out} ({args.model}); score it with: pixelwise eval --checkpoint {out}")
     return 0
 
 
@@ -727,6 +785,8 @@ def cmd_bench(args) -> int:
 def cmd_datasets(args) -> int:
     from pixelwise.data import dataset_class, list_datasets
 
+    if args.action in ("download", "prepare"):
+        return _download_or_prepare(args)
     if args.action == "check":
         from pixelwise.config import apply_overrides
         from pixelwise.data.check import check_dataset, format_report
@@ -752,6 +812,23 @@ def cmd_datasets(args) -> int:
         splits, options = ", ".join(cls.splits), ", ".join(_options(cls)) or "-"
         print(f"{name:<20} {cls.task:<8} {count:>7}  {splits:<52} {options}")
     return 0
+
+
+def _download_or_prepare(args) -> int:
+    from pixelwise.data.download import download_dataset
+    from pixelwise.data.prepare import prepare_dataset
+
+    if args.action == "prepare":
+        result = prepare_dataset(args.name, args.archives, args.root)
+    else:
+        result = download_dataset(
+            args.name, args.root, mirror=args.mirror, keep_archives=args.keep_archives,
+            extract=not args.no_extract, timeout=args.timeout,
+        )  # fmt: skip
+    for path in result.kept:
+        print(f"kept {path}")
+    print(f"{args.name} is in {result.root}")
+    return result.exit_code
 
 
 def _options(cls) -> list[str]:
@@ -829,6 +906,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "models": cmd_models,
+    "convert": cmd_convert,
     "bench": cmd_bench,
     "datasets": cmd_datasets,
     "export": cmd_export,

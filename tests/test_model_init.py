@@ -51,3 +51,12 @@ def test_init_of_another_shape_names_the_weight_and_the_fix(checkpoint, tmp_path
 def test_init_of_another_network_is_refused(checkpoint, tmp_path):
     with pytest.raises(PixelwiseError, match=r"holds unet .* asks for enet"):
         build_run(_config(tmp_path, name="enet", options={}, init=str(checkpoint)))
+
+
+def test_init_with_an_option_that_changes_the_function_but_not_the_weights_is_refused(
+    checkpoint, tmp_path
+):
+    saved = load_checkpoint(checkpoint)["meta"]["model_options"]
+    options = {**saved, "padding": "valid" if saved.get("padding") == "same" else "same"}
+    with pytest.raises(PixelwiseError, match=r"option padding: .* config.yaml"):
+        build_run(_config(tmp_path, init=str(checkpoint), options=options))

@@ -76,3 +76,8 @@ class Release:
     figures: tuple[Figure, ...] = field(default_factory=tuple)
     needs_prototxt: bool = False  # a release whose layer order the weights alone do not give
     input_size: tuple[int, int] | None = None  # the size the release evaluated at, H x W
+    eval_split: str = "val"  # the pixelwise split its figure is scored on (docs/model-zoo.md)
+    # `pixelwise eval` options that follow the release's own protocol (sliding window, stride).
+    eval_options: tuple[str, ...] = ()
+    # Where pixelwise's evaluation cannot follow the release's protocol, in a sentence or two.
+    protocol_note: str = ""

@@ -9,6 +9,7 @@ of the checkpoint. The loop then only trains.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from pixelwise.engine.schedule import build_optimizer, build_scheduler
 from pixelwise.engine.sync_bn import convert_sync_batchnorm
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model
+from pixelwise.models.registry import MODELS
 from pixelwise.tasks import build_task
 from pixelwise.tasks.base import Task
 
@@ -286,7 +288,27 @@ def init_weights(model: nn.Module, config: Config, num_classes: int) -> None:
             f"({config.model.name} with options {config.model.options}); give model.options as "
             "the checkpoint was trained with (its config.yaml) or another checkpoint."
         )
+    _check_same_options(payload["meta"], config, source)
     model.load_state_dict(weights)
+
+
+def _check_same_options(meta: dict[str, Any], config: Config, source: str) -> None:
+    """Refuse an option that changes what the weights compute but not their names or shapes
+    (a converted Caffe PSPNet's ``caffe: true``, a U-Net's padding), defaults filled in."""
+    builder = inspect.signature(MODELS.get(config.model.name).builder).parameters
+    defaults = {
+        k: p.default for k, p in builder.items() if p.default is not inspect.Parameter.empty
+    }
+    ignored = {"num_classes", "weights", "weights_backbone"}
+    saved = {**defaults, **meta.get("model_options", {})}
+    asked = {**defaults, **config.model.options}
+    for key in sorted((set(saved) | set(asked)) - ignored):
+        if saved.get(key) != asked.get(key):
+            raise PixelwiseError(
+                f"model.init {source} was trained with {config.model.name} option {key}: "
+                f"{saved.get(key)!r}, the config asks for {asked.get(key)!r}; give model.options "
+                "as the checkpoint was trained with (its config.yaml) or another checkpoint."
+            )
 
 
 def _check_stage_streams(

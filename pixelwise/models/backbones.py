@@ -354,6 +354,10 @@ class ResNetBackbone(nn.Module):
             the max pool; ``layer1`` then takes 128 channels. Keys ``conv1..3``/``bn1..3`` as in
             the released ImageNet ResNets of PSPNet's PyTorch port (``resnet50_v2.pth``).
         return_layers: the outputs ``forward`` returns, in this order.
+        caffe: compute the Caffe ResNets (PSPNet's released nets, ``conv3_1_1x1_reduce`` and
+            ``conv3_1_1x1_proj`` with stride 2): a bottleneck's stride on its first 1x1 conv
+            instead of its 3x3 (torchvision's "v1.5"), and the stem's max pool rounding up as
+            Caffe's pooling does. The weights keep their shapes and keys.
     """
 
     def __init__(
@@ -363,6 +367,7 @@ class ResNetBackbone(nn.Module):
         output_stride: int = 32,
         deep_stem: bool = False,
         return_layers: Sequence[str] = ("layer1", "layer2", "layer3", "layer4"),
+        caffe: bool = False,
     ) -> None:
         super().__init__()
         if depth not in _RESNETS:
@@ -392,6 +397,10 @@ class ResNetBackbone(nn.Module):
         )
         for name, dilation in _DILATIONS[output_stride].items():
             _dilate(getattr(self, name), dilation)
+        if caffe:
+            self.maxpool = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+            for layer in (self.layer2, self.layer3, self.layer4):
+                _stride_in_1x1(layer[0])
         if deep_stem:
             for module in (self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3):
                 _init_like_torchvision(module)
@@ -448,6 +457,12 @@ def _dilate(layer: nn.Sequential, dilation: int) -> None:
                 module.stride = (1, 1)
             if module.kernel_size == (3, 3):
                 module.dilation, module.padding = (dilation, dilation), (dilation, dilation)
+
+
+def _stride_in_1x1(first: nn.Module) -> None:
+    """Move a bottleneck's stride from its 3x3 conv to its first 1x1 conv (Caffe's ResNet)."""
+    if isinstance(first, Bottleneck) and first.conv2.stride == (2, 2):
+        first.conv2.stride, first.conv1.stride = (1, 1), (2, 2)
 
 
 def _widen_first_block(first: nn.Module, in_channels: int, block: type[nn.Module]) -> None:

@@ -36,6 +36,9 @@ input's. ``model(x, return_aux=True)`` returns ``(logits, [pred_1, pred_2, pred_
 pred_5])``, the coarser predictions from the coarsest (1/32) to the 1/2 stage, each bilinearly
 upsampled to the input's size: N x C x H x W, as the prototxt's ``pred_k_u`` before its loss.
 
+Released weights (``caffe=True``): the resizes align the corners as caffe-gfrnet's ``Interp``, so
+the authors' converted CamVid weights compute their function at 360x480 (docs/model-zoo.md).
+
 Deviations: the prototxt's ``Interp`` layers resize to fixed sizes (23x30, 45x60) or by a zoom of 2,
 with Caffe's corner-aligned interpolation. Here every resize goes to the exact size of the encoder
 map it meets, with ``align_corners=False`` (the convention of every pixelwise model), so any input
@@ -72,10 +75,10 @@ DROPOUT = 0.5
 BN_SHIFT_INIT = 0.001
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+def _resize(x: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class GateUnit(nn.Module):
@@ -87,12 +90,19 @@ class GateUnit(nn.Module):
         deeper_channels: channels of the deeper feature when it still needs its own 3x3 conv to C
             (pool5, first stage only); None when the deeper side is the previous stage's
             projected encoder map, already C channels.
+        align_corners: resize as the release's ``Interp`` (corners aligned), see ``caffe``.
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, *, deeper_channels: int | None = None
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        deeper_channels: int | None = None,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners
         self.project = nn.Conv2d(in_channels, num_classes, 3, padding=1)
         self.project_bn = nn.BatchNorm2d(num_classes)
         self.deeper = (
@@ -105,7 +115,7 @@ class GateUnit(nn.Module):
         projected = self.project_bn(self.project(feature))
         if self.deeper is not None:
             deeper = self.deeper(deeper)
-        gate = projected * _resize(deeper, projected.shape[-2:])
+        gate = projected * _resize(deeper, projected.shape[-2:], self.align_corners)
         return self.bn(gate), projected
 
 
@@ -115,15 +125,19 @@ class GatedRefinement(nn.Module):
     Args:
         num_classes: C.
         prediction_first: concatenate [prediction, gate] instead of [gate, prediction].
+        align_corners: resize as the release's ``Interp`` (corners aligned), see ``caffe``.
     """
 
-    def __init__(self, num_classes: int, *, prediction_first: bool = False) -> None:
+    def __init__(
+        self, num_classes: int, *, prediction_first: bool = False, align_corners: bool = False
+    ) -> None:
         super().__init__()
         self.prediction_first = prediction_first
+        self.align_corners = align_corners
         self.conv = nn.Conv2d(2 * num_classes, num_classes, 3, padding=1)
 
     def forward(self, gate: Tensor, prediction: Tensor) -> Tensor:
-        prediction = _resize(prediction, gate.shape[-2:])
+        prediction = _resize(prediction, gate.shape[-2:], self.align_corners)
         parts = (prediction, gate) if self.prediction_first else (gate, prediction)
         return self.conv(torch.cat(parts, dim=1))
 
@@ -137,9 +151,16 @@ class GFRNet(nn.Module):
         conv6, conv7: 3x3 conv + BN + ReLU at 1/32 (each followed by ``dropout``).
         coarse: ``pred_1``, the 3x3 conv 1024 -> C at 1/32.
         gates, refinements: the five stages, coarse (1/16) to fine (1/1).
+
+    Args:
+        num_classes: C.
+        caffe: resize inside the net with the corners aligned, as the release's ``Interp`` of
+            caffe-gfrnet (``src/caffe/util/interp.cpp``: ratio (in - 1) / (out - 1)); at 360x480
+            its fixed sizes (23x30, 45x60) and zoom 2 (out = 2 in in that fork) are the encoder
+            maps' sizes, which is where this resizes to. For the authors' converted weights.
     """
 
-    def __init__(self, *, num_classes: int) -> None:
+    def __init__(self, *, num_classes: int, caffe: bool = False) -> None:
         super().__init__()
         self.encoder = VGGBackbone(
             batch_norm=True,
@@ -153,11 +174,17 @@ class GFRNet(nn.Module):
         self.dropout = nn.Dropout(DROPOUT)
         self.coarse = nn.Conv2d(DEEP_WIDTH, num_classes, 3, padding=1)
         self.gates = nn.ModuleList(
-            GateUnit(channels, num_classes, deeper_channels=pool5_channels if i == 0 else None)
+            GateUnit(
+                channels,
+                num_classes,
+                deeper_channels=pool5_channels if i == 0 else None,
+                align_corners=caffe,
+            )
             for i, (_, channels, _) in enumerate(STAGES)
         )
         self.refinements = nn.ModuleList(
-            GatedRefinement(num_classes, prediction_first=first) for _, _, first in STAGES
+            GatedRefinement(num_classes, prediction_first=first, align_corners=caffe)
+            for _, _, first in STAGES
         )
         _init_like_prototxt(self)
 
@@ -191,8 +218,8 @@ def _init_like_prototxt(model: GFRNet) -> None:
             nn.init.constant_(module.bias, shift)
 
 
-def _build_gfrnet(*, num_classes: int, weights_backbone: WeightsSource) -> GFRNet:
-    model = GFRNet(num_classes=num_classes)
+def _build_gfrnet(*, num_classes: int, caffe: bool, weights_backbone: WeightsSource) -> GFRNet:
+    model = GFRNet(num_classes=num_classes, caffe=caffe)
     load_backbone(model.encoder, weights_backbone)
     return model
 
@@ -204,12 +231,16 @@ def _build_gfrnet(*, num_classes: int, weights_backbone: WeightsSource) -> GFRNe
     input_size=(360, 480),
     num_classes=11,
 )
-def gfrnet(*, num_classes: int, weights_backbone: WeightsSource = None) -> GFRNet:
+def gfrnet(
+    *, num_classes: int, caffe: bool = False, weights_backbone: WeightsSource = None
+) -> GFRNet:
     """G-FRNet (VGG16-BN encoder) of mrochan/gfrnet ``models/camvid/train_camvid_gate.prototxt``.
 
     Args:
         num_classes: output classes (CamVid: 11).
+        caffe: resize with the corners aligned, as the authors' released Caffe net (for their
+            converted weights, ``pixelwise convert --model gfrnet-camvid``).
         weights_backbone: torchvision ``VGG16_BN_Weights``, a path to a saved ``vgg16_bn`` state
             dict, the state dict itself, or None (random backbone). The classifier is dropped.
     """
-    return _build_gfrnet(num_classes=num_classes, weights_backbone=weights_backbone)
+    return _build_gfrnet(num_classes=num_classes, caffe=caffe, weights_backbone=weights_backbone)

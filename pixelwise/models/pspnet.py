@@ -67,6 +67,15 @@ Deviations and choices:
   PyTorch refuses with a bare ``ValueError``; here it is a :class:`PixelwiseError` that names the
   fix (a batch of 2 or more, as every recipe has, or ``model.eval()``). Evaluation at batch 1 works.
 
+The authors' Caffe weights (``caffe=True``, ``pixelwise convert``, docs/model-zoo.md): the released
+nets differ from the trainable port in three places, and a model built with ``caffe=True``
+computes the release's function exactly at its 8k+1 input sizes: the stride 2 of res3 sits on the
+first 1x1 conv of ``conv3_1`` (``conv3_1_1x1_reduce``, stride 2; torchvision puts it on the 3x3),
+the stem's max pool rounds up (Caffe's pooling), and the logits are upsampled with the corners
+aligned (``conv6_interp``, zoom 8: 8 (h - 1) + 1 pixels, the input size for an 8k + 1 input). The
+parameters are the same; the default (False) keeps the layout hszhao/semseg's ImageNet ResNets
+were trained in.
+
 Pretrained backbone (``weights_backbone``): the deep stem's keys are ``conv1..3``/``bn1..3`` plus
 ``layer1..4`` (and ``fc``, dropped), the layout of hszhao/semseg's ImageNet ResNets
 (``resnet50_v2.pth``, ``resnet101_v2.pth``), which load as they are. torchvision's ImageNet
@@ -183,6 +192,8 @@ class PSPNet(nn.Module):
         aux: build the auxiliary head on res4.
         deep_stem: the paper's three-conv stem; False gives torchvision's 7x7 stem, so that
             torchvision's ImageNet ResNets load.
+        caffe: compute the authors' Caffe release (stride on the 1x1 reduce conv, ceil-mode
+            stem pool, logits upsampled with the corners aligned); see the module docstring.
 
     Attributes:
         backbone: ``ResNetBackbone(depth, output_stride=8, deep_stem=...)`` returning ``layer3``
@@ -193,12 +204,24 @@ class PSPNet(nn.Module):
     """
 
     def __init__(
-        self, *, depth: int, num_classes: int, aux: bool = False, deep_stem: bool = True
+        self,
+        *,
+        depth: int,
+        num_classes: int,
+        aux: bool = False,
+        deep_stem: bool = True,
+        caffe: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = ResNetBackbone(
-            depth, output_stride=8, deep_stem=deep_stem, return_layers=("layer3", "layer4")
+            depth,
+            output_stride=8,
+            deep_stem=deep_stem,
+            return_layers=("layer3", "layer4"),
+            caffe=caffe,
         )
+        # The release's conv6_interp aligns the corners; pixelwise's convention does not.
+        self.align_logits = caffe
         # Checkpoints written before the rename name the backbone ``encoder``.
         self.register_load_state_dict_pre_hook(rename_keys_on_load(legacy_pspnet_keys))
         res4_channels, res5_channels = self.backbone.out_channels
@@ -212,7 +235,7 @@ class PSPNet(nn.Module):
     def forward(self, x: Tensor, return_aux: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         size = x.shape[-2:]
         res4, res5 = self.backbone(x)
-        logits = _upsample(self.head(self.ppm(res5)), size)
+        logits = _upsample(self.head(self.ppm(res5)), size, self.align_logits)
         if not return_aux:
             return logits
         if self.aux_head is None:
@@ -221,11 +244,11 @@ class PSPNet(nn.Module):
                 "to return; build it with aux=True (model.options: {aux: true}) or leave "
                 "loss.aux_weights empty."
             )
-        return logits, [_upsample(self.aux_head(res4), size)]
+        return logits, [_upsample(self.aux_head(res4), size, self.align_logits)]
 
 
-def _upsample(x: Tensor, size: torch.Size) -> Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def _upsample(x: Tensor, size: torch.Size, align_corners: bool = False) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def _build_pspnet(
@@ -234,9 +257,10 @@ def _build_pspnet(
     num_classes: int,
     aux: bool,
     deep_stem: bool,
+    caffe: bool,
     weights_backbone: WeightsSource,
 ) -> PSPNet:
-    model = PSPNet(depth=depth, num_classes=num_classes, aux=aux, deep_stem=deep_stem)
+    model = PSPNet(depth=depth, num_classes=num_classes, aux=aux, deep_stem=deep_stem, caffe=caffe)
     load_backbone(model.backbone, weights_backbone)
     return model
 
@@ -247,6 +271,7 @@ def pspnet50(
     num_classes: int,
     aux: bool = False,
     deep_stem: bool = True,
+    caffe: bool = False,
     weights_backbone: WeightsSource = None,
 ) -> PSPNet:
     """PSPNet on a dilated ResNet-50: the authors' ADE20K model (150 classes, 473x473 crops).
@@ -255,6 +280,8 @@ def pspnet50(
         num_classes: output classes.
         aux: build the auxiliary head on res4 (train with ``loss.aux_weights: [0.4]``).
         deep_stem: the paper's three-conv stem (default); False gives torchvision's 7x7 stem.
+        caffe: compute the authors' Caffe release exactly (for converted weights; see the
+            module docstring).
         weights_backbone: ImageNet weights for the backbone, or None (random). With the deep stem:
             a state dict (or its file) in hszhao/semseg's layout (``resnet50_v2.pth``: ``conv1..3``,
             ``bn1..3``, ``layer1..4``; ``fc`` is dropped). With ``deep_stem=False``: torchvision's
@@ -265,6 +292,7 @@ def pspnet50(
         num_classes=num_classes,
         aux=aux,
         deep_stem=deep_stem,
+        caffe=caffe,
         weights_backbone=weights_backbone,
     )
 
@@ -275,6 +303,7 @@ def pspnet101(
     num_classes: int,
     aux: bool = False,
     deep_stem: bool = True,
+    caffe: bool = False,
     weights_backbone: WeightsSource = None,
 ) -> PSPNet:
     """PSPNet on a dilated ResNet-101: the authors' VOC (21 classes, 473x473) and Cityscapes
@@ -285,5 +314,6 @@ def pspnet101(
         num_classes=num_classes,
         aux=aux,
         deep_stem=deep_stem,
+        caffe=caffe,
         weights_backbone=weights_backbone,
     )

@@ -1,0 +1,42 @@
+"""FCN-32s on PASCAL VOC, the authors' Caffe release (shelhamer/fcn.berkeleyvision.org
+``voc-fcn32s/caffemodel-url``; trained on SBD train + VOC, "heavy" high-momentum online training)."""
+
+from pixelwise.convert.release import Figure, InputConvention, Release
+from pixelwise.convert.releases._fcn import fcn32s_state
+
+RELEASE = Release(
+    name="fcn32s-voc",
+    model="fcn32s",
+    model_options={},
+    num_classes=21,
+    dataset="voc",
+    format="caffe",
+    to_state_dict=fcn32s_state,
+    # infer.py: BGR minus (104.00698793, 116.66876762, 122.67891434), no scaling.
+    input=InputConvention(
+        channels="bgr", scale=255.0, mean=(104.00698793, 116.66876762, 122.67891434)
+    ),
+    file_name="fcn32s-heavy-pascal.caffemodel",
+    url="http://dl.caffe.berkeleyvision.org/fcn32s-heavy-pascal.caffemodel",
+    sha256=None,
+    size=None,
+    licence="BSD-2 (the repository's README: Caffe's licence; unrestricted use)",
+    where=(
+        "shelhamer/fcn.berkeleyvision.org voc-fcn32s/caffemodel-url names "
+        "http://dl.caffe.berkeleyvision.org/fcn32s-heavy-pascal.caffemodel; download it there "
+        "and pass its path as --weights."
+    ),
+    figures=(
+        Figure(
+            "release",
+            "mIoU",
+            63.6,
+            "VOC2011",
+            "seg11valid",
+            "whole image (<=500x500)",
+            "single-scale",
+        ),
+    ),
+    input_size=(500, 500),
+    eval_split="seg11valid",
+)

@@ -1,0 +1,41 @@
+"""RefineNet-101 on PASCAL VOC 2012, the authors' MatConvNet release (guosheng/refinenet).
+
+Not in the zoo yet: the file stores its network in MATLAB handle objects (see
+:mod:`pixelwise.convert.releases._refinenet`), so this module defines ``PENDING_RELEASE``, which
+the zoo does not collect, with everything but a working mapping.
+"""
+
+from pixelwise.convert.release import Figure, Release
+from pixelwise.convert.releases._refinenet import REFINENET_INPUT, refinenet_state
+
+PENDING_RELEASE = Release(
+    name="refinenet101-voc2012",
+    model="refinenet101",
+    model_options={},
+    num_classes=21,
+    dataset="voc",
+    format="mat",
+    to_state_dict=refinenet_state,
+    input=REFINENET_INPUT,
+    file_name="refinenet_res101_voc2012.mat",
+    url=None,
+    sha256=None,
+    size=None,
+    licence="RefineNet for non-commercial purposes (guosheng/refinenet LICENSE; BSD for academic use)",
+    where=(
+        "guosheng/refinenet's README links its ResNet-101 models in the Google Drive folder "
+        "https://drive.google.com/open?id=1U2c1N6QJdzB_8HBgXb7mJ6Qk66JDBHI9 (or Baidu Pan "
+        "https://pan.baidu.com/s/1nxf2muP); download refinenet_res101_voc2012.mat there."
+    ),
+    figures=(
+        Figure(
+            "paper",
+            "mIoU",
+            83.4,
+            "PASCAL VOC 2012",
+            "test",
+            "short side 450-800",
+            "multi-scale (0.4..1.2)",
+        ),
+    ),
+)
