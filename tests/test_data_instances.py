@@ -329,7 +329,7 @@ def voc_root(tmp_path: Path) -> Path:
     sets = root / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)
     (sets / "val.txt").write_text("2007_000032\n2007_000033\n")
-    (sets / "train.txt").write_text("2007_000032\n")
+    (sets / "train.txt").write_text("2008_000001\n")
     (sets / "trainval.txt").write_text("2007_000032\n2007_000033\n")
     return root
 

@@ -6,6 +6,9 @@ It walks every sample of a split through the dataset's own ``build_index`` / ``l
 * ``duplicate_entry``: one sample listed more than once (a list file naming the same pair twice,
   say), which trains on it twice as often; the example names the entry, how many times, and the
   list (the dataset's ``index_source()``);
+* ``split_leak``: an image of this split that is also in a split it must be kept apart from
+  (VOC's ``trainaug`` and ``val``, any dataset's ``train`` and ``val``; :mod:`pixelwise.data.leaks`
+  says which pairs and what an image's identity is);
 * ``missing_image`` / ``missing_label``: a file the index names is absent (readers index such a
   sample inside ``base.index_missing_files()`` instead of raising, as they do for training);
 * ``unreadable_image`` / ``unreadable_label``: the file exists but does not decode (truncated or
@@ -44,11 +47,13 @@ from PIL import Image
 
 from pixelwise.data import build_dataset
 from pixelwise.data.base import IGNORE_INDEX, SegmentationDataset, index_missing_files
+from pixelwise.data.leaks import find_leaks
 from pixelwise.errors import PixelwiseError
 
 #: Problem kinds in report order, with the words ``format_report`` prints for them.
 PROBLEM_KINDS = {
     "duplicate_entry": "entries listed more than once",
+    "split_leak": "images also in a split this one must be kept apart from (see pixelwise.data.leaks)",
     "missing_image": "missing images",
     "missing_label": "missing labels",
     "unreadable_image": "unreadable or truncated images",
@@ -273,6 +278,8 @@ def check_dataset(
     )
     for text in duplicate_entries(dataset, samples):
         _add_problem(report, "duplicate_entry", text, max_examples)
+    for text in find_leaks(name, root, split, dataset, samples, options):
+        _add_problem(report, "split_leak", text, max_examples)
     histogram = np.zeros(dataset.num_classes, dtype=np.int64)
     for result in _map(dataset, samples, workers):
         for kind, text in result.problems:
