@@ -33,6 +33,9 @@ class ModelConfig:
     # A pixelwise checkpoint (a trained run's best.pt/last.pt, or `pixelwise convert`'s output)
     # whose network weights start this run: fine-tuning. Optimizer, schedule and step start afresh.
     init: str | None = field(default=None, metadata={"example": "runs/enet_camvid/best.pt"})
+    # A zoo name (docs/model-zoo.md): the run starts from the authors' released weights, fetched
+    # and converted once into torch's hub folder, then loaded as `init` loads its checkpoint.
+    weights: str | None = field(default=None, metadata={"example": "pspnet50-ade20k"})
 
 
 @dataclass
@@ -289,6 +292,7 @@ def check_run_name(name: str, source: str) -> None:
 
 def validate(config: Config, source: str) -> None:
     check_run_name(config.name, source)
+    _check_start_weights(config.model, source)
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in choices:
@@ -355,6 +359,21 @@ def validate(config: Config, source: str) -> None:
         raise PixelwiseError(
             f"{source}: loss.class_weights is {weights!r}; use null, median_frequency, enet or a list."
         )
+
+
+def _check_start_weights(model: ModelConfig, source: str) -> None:
+    """model.weights names a zoo release, and at most one of model.init and model.weights is set
+    (both would start the same network from two different sets of weights)."""
+    if model.weights is None:
+        return
+    if model.init is not None:
+        raise PixelwiseError(
+            f"{source}: model.init and model.weights are both set; keep one (model.init starts "
+            "from a pixelwise checkpoint, model.weights from a zoo release)."
+        )
+    from pixelwise.convert.zoo import get_release  # here: loading a config stays light
+
+    get_release(model.weights, flag=f"{source}: model.weights")
 
 
 _RULE_KEYS = ("params", "lr_mult", "decay_mult")

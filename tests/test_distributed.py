@@ -205,3 +205,44 @@ def test_mask_rcnn_trains_and_is_scored_by_cocoeval_under_torchrun(tmp_path):
         assert record[kind] == pytest.approx(alone["scores"][kind], abs=1e-9), kind
     semantic = alone["scores"]["semantic"]
     assert record["semantic"]["iou"] == pytest.approx(semantic["iou"], nan_ok=True)
+
+
+_MAIN_FIRST_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import torch.distributed as dist
+from pixelwise.engine.distributed import main_first
+from pixelwise.errors import PixelwiseError
+dist.init_process_group("gloo")
+rank, shared = dist.get_rank(), Path(json.load(open(sys.argv[1]))["folder"])
+
+def make():
+    if rank == 0:
+        time.sleep(1.0)  # rank 1 would see no file if it did not wait
+        (shared / "converted.pt").write_text("weights")
+    return (shared / "converted.pt").read_text()
+
+def refuse():
+    if rank == 0:
+        raise PixelwiseError("model.weights x: could not be reached")
+    return "rank 1 went on alone"
+
+seen = main_first(make)
+try:
+    main_first(refuse)
+    refused = None
+except PixelwiseError as error:
+    refused = str(error)
+both = [None, None]
+dist.all_gather_object(both, {"seen": seen, "refused": refused})
+if rank == 0:
+    print("MAINFIRST", json.dumps(both))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_main_first_makes_the_shared_file_once_and_shares_rank_0s_refusal(tmp_path):
+    found = _torchrun_script(_MAIN_FIRST_SCRIPT, {"folder": str(tmp_path)}, tmp_path, "MAINFIRST")
+    assert [r["seen"] for r in found] == ["weights", "weights"]
+    assert [r["refused"] for r in found] == ["model.weights x: could not be reached"] * 2

@@ -40,15 +40,16 @@ def releases() -> dict[str, Release]:
     return dict(sorted(found.items()))
 
 
-def get_release(name: str) -> Release:
-    """The release called ``name``; an unknown name lists the zoo and the closest name."""
+def get_release(name: str, flag: str = "--model") -> Release:
+    """The release called ``name``; an unknown name lists the zoo and the closest name, naming
+    where it was given (``flag``: the convert option or the config key)."""
     table = releases()
     if name in table:
         return table[name]
     close = difflib.get_close_matches(name, list(table), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise PixelwiseError(
-        f"--model {name!r} is not in the zoo{hint}; choose one of {', '.join(table)} "
+        f"{flag} {name!r} is not in the zoo{hint}; choose one of {', '.join(table)} "
         "(pixelwise models --zoo lists them)."
     )
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from pixelwise.errors import PixelwiseError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,6 +44,32 @@ def init_distributed(device_name: str) -> DistInfo:
         dist.init_process_group(backend=backend)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local, owns_group=owns)
+
+
+def main_first(make: Callable[[], T]) -> T:
+    """``make()`` on rank 0 first, then on the other ranks, which find its files made.
+
+    For work that writes one shared file (a zoo download and its conversion): every rank calling
+    it at once would write the same ``.part`` together. Rank 0's failure is raised on every rank
+    (on the others as a PixelwiseError with its message), so that no rank waits for a file that
+    will not come.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return make()
+    outcome: list[object] = [None]
+    if dist.get_rank() == 0:
+        try:
+            result = make()
+        except Exception as error:  # any failure: the other ranks must not wait on
+            outcome[0] = str(error)
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+        dist.broadcast_object_list(outcome, src=0)
+        return result
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise PixelwiseError(str(outcome[0]))
+    return make()
 
 
 def leave_process_group() -> None:

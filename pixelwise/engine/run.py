@@ -10,6 +10,7 @@ of the checkpoint. The loop then only trains.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from pixelwise.config import Config, config_from_dict
 from pixelwise.data import build_dataset
 from pixelwise.data.subset import save_labeled_list
 from pixelwise.engine.checkpoint import check_compatible, load_checkpoint, restore_rng
-from pixelwise.engine.distributed import DistInfo, init_distributed, resolve_device
+from pixelwise.engine.distributed import DistInfo, init_distributed, main_first, resolve_device
 from pixelwise.engine.loader import EpochBatchSampler
 from pixelwise.engine.precision import Precision, decide_precision
 from pixelwise.engine.provenance import run_record
@@ -144,8 +145,8 @@ def build_run(
     train_set = task.train_dataset(train_set)
 
     model = _build_model(config, num_classes, dist, device)
-    if config.model.init and checkpoint is None:  # a resume restores its own weights instead
-        init_weights(model, config, num_classes)
+    if (config.model.init or config.model.weights) and checkpoint is None:
+        init_weights(model, config, num_classes)  # a resume restores its own weights instead
     precision = decide_precision(config.train.amp, device)
     if precision.note and dist.is_main:
         print(f"train.amp: {precision.note}")
@@ -271,8 +272,14 @@ def _build_model(
 
 
 def init_weights(model: nn.Module, config: Config, num_classes: int) -> None:
-    """Start ``model`` from the network weights of the checkpoint ``model.init`` (fine-tuning)."""
-    source = config.model.init
+    """Start ``model`` from the network weights of the checkpoint ``model.init``, or of the zoo
+    release ``model.weights`` once converted (:func:`~pixelwise.convert.hub.zoo_checkpoint`)."""
+    if config.model.weights:
+        source, label, fix = _release_checkpoint(config, num_classes)
+    else:
+        source = config.model.init
+        label = f"model.init {source}"
+        fix = "the checkpoint was trained with (its config.yaml) or another checkpoint"
     payload = load_checkpoint(source)
     check_compatible(payload["meta"], config.model.name, num_classes, source)
     weights = payload["model"]
@@ -284,15 +291,42 @@ def init_weights(model: nn.Module, config: Config, num_classes: int) -> None:
         first = (missing or unexpected or reshaped)[0]
         what = "lacks" if missing else "has an extra" if unexpected else "has another shape for"
         raise PixelwiseError(
-            f"model.init {source} {what} the weight {first!r} of the network the config builds "
+            f"{label} {what} the weight {first!r} of the network the config builds "
             f"({config.model.name} with options {config.model.options}); give model.options as "
-            "the checkpoint was trained with (its config.yaml) or another checkpoint."
+            f"{fix}."
         )
-    _check_same_options(payload["meta"], config, source)
+    _check_same_options(payload["meta"].get("model_options", {}), config, label, fix)
     model.load_state_dict(weights)
 
 
-def _check_same_options(meta: dict[str, Any], config: Config, source: str) -> None:
+def _release_checkpoint(config: Config, num_classes: int) -> tuple[str, str, str]:
+    """The converted checkpoint of ``model.weights``, how messages name it and the options fix.
+
+    The config is checked against the release first, so that one that cannot use it downloads
+    nothing (a Caffe PSPNet needs ``caffe: true``, which changes no weight's name or shape).
+    """
+    from pixelwise.convert.hub import zoo_checkpoint  # here: runs without it never import it
+    from pixelwise.convert.zoo import get_release
+
+    release = get_release(config.model.weights, flag="model.weights")
+    label = f"model.weights {release.name}"
+    shown = ", ".join(f"{k}: {json.dumps(v)}" for k, v in release.model_options.items())
+    fix = f"the release needs, model.options={{{shown}}} (docs/model-zoo.md)"
+    if (release.model, release.num_classes) != (config.model.name, num_classes):
+        raise PixelwiseError(
+            f"model.weights {release.name} is {release.model} with {release.num_classes} classes ({release.dataset}), "
+            f"but the config builds {config.model.name} with {num_classes}; set "
+            f"model.name={release.model} and model.options={{{shown}}} with a dataset of "
+            f"{release.num_classes} classes, or choose another release."
+        )
+    _check_same_options(release.model_options, config, label, fix)
+    # Under torchrun rank 0 downloads and converts; the others then find the converted file.
+    return str(main_first(lambda: zoo_checkpoint(release.name))), label, fix
+
+
+def _check_same_options(
+    saved_options: dict[str, Any], config: Config, label: str, fix: str
+) -> None:
     """Refuse an option that changes what the weights compute but not their names or shapes
     (a converted Caffe PSPNet's ``caffe: true``, a U-Net's padding), defaults filled in."""
     builder = inspect.signature(MODELS.get(config.model.name).builder).parameters
@@ -300,14 +334,14 @@ def _check_same_options(meta: dict[str, Any], config: Config, source: str) -> No
         k: p.default for k, p in builder.items() if p.default is not inspect.Parameter.empty
     }
     ignored = {"num_classes", "weights", "weights_backbone"}
-    saved = {**defaults, **meta.get("model_options", {})}
+    saved = {**defaults, **saved_options}
     asked = {**defaults, **config.model.options}
     for key in sorted((set(saved) | set(asked)) - ignored):
         if saved.get(key) != asked.get(key):
             raise PixelwiseError(
-                f"model.init {source} was trained with {config.model.name} option {key}: "
+                f"{label} was trained with {config.model.name} option {key}: "
                 f"{saved.get(key)!r}, the config asks for {asked.get(key)!r}; give model.options "
-                "as the checkpoint was trained with (its config.yaml) or another checkpoint."
+                f"as {fix}."
             )
 
 
