@@ -9,7 +9,13 @@ weight is Caffe's (in, out / groups, kh, kw), which is ConvTranspose2d's layout.
 from __future__ import annotations
 
 from pixelwise.convert.caffe import CaffeNet, LayerMap, state_from_table
+from pixelwise.convert.release import InputConvention
 from pixelwise.models.fcn import caffe_conv_names
+
+# voc-fcn*/infer.py: BGR minus mean_bgr (104.00698793, 116.66876762, 122.67891434), no scaling.
+FCN_VOC_INPUT = InputConvention(
+    channels="bgr", scale=255.0, mean=(104.00698793, 116.66876762, 122.67891434)
+)
 
 # FCN variant -> its head: (Caffe layer, kind) in the nets' order; the module is the same name.
 HEADS: dict[str, tuple[tuple[str, str], ...]] = {

@@ -1,8 +1,8 @@
 """FCN-8s on PASCAL VOC, the authors' Caffe release (shelhamer/fcn.berkeleyvision.org
 ``voc-fcn8s/caffemodel-url``; trained on SBD train + VOC, "heavy" high-momentum online training)."""
 
-from pixelwise.convert.release import Figure, InputConvention, Release
-from pixelwise.convert.releases._fcn import fcn8s_state
+from pixelwise.convert.release import Figure, Release
+from pixelwise.convert.releases._fcn import FCN_VOC_INPUT, fcn8s_state
 
 RELEASE = Release(
     name="fcn8s-voc",
@@ -12,10 +12,7 @@ RELEASE = Release(
     dataset="voc",
     format="caffe",
     to_state_dict=fcn8s_state,
-    # infer.py: BGR minus (104.00698793, 116.66876762, 122.67891434), no scaling.
-    input=InputConvention(
-        channels="bgr", scale=255.0, mean=(104.00698793, 116.66876762, 122.67891434)
-    ),
+    input=FCN_VOC_INPUT,
     file_name="fcn8s-heavy-pascal.caffemodel",
     url="http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel",
     sha256=None,
