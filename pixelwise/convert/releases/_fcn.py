@@ -16,6 +16,8 @@ from pixelwise.models.fcn import caffe_conv_names
 FCN_VOC_INPUT = InputConvention(
     channels="bgr", scale=255.0, mean=(104.00698793, 116.66876762, 122.67891434)
 )
+# shelhamer/fcn.berkeleyvision.org publishes every model under the same terms.
+FCN_LICENCE = "BSD-2 (the repository's README: Caffe's licence; unrestricted use)"
 
 # FCN variant -> its head: (Caffe layer, kind) in the nets' order; the module is the same name.
 HEADS: dict[str, tuple[tuple[str, str], ...]] = {

@@ -17,6 +17,10 @@ from pixelwise.convert.release import InputConvention
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BINS = (1, 2, 3, 6)  # conv5_3_pool{1,2,3,6}: ppm.branches.0..3
 PSPNET_INPUT = InputConvention(channels="bgr", scale=255.0, mean=(103.939, 116.779, 123.68))
+# hszhao/PSPNet publishes all three models under the same terms.
+PSPNET_LICENCE = (
+    "no licence of their own (the repository carries Caffe and DeepLab's BSD-style LICENSE)"
+)
 
 
 def _conv_bn(caffe: str, conv: str, bn: str, *, reverse_input: bool = False) -> list[LayerMap]:

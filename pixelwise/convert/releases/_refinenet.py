@@ -32,6 +32,10 @@ from pixelwise.errors import PixelwiseError
 # main/load_img_from_ds_info.m reads RGB uint8; my_get_batch_ds_info.m's pre_process_img_net_input
 # subtracts data_norm_info.image_mean, set to the single value 128 by every demo_predict_mscale_*.m.
 REFINENET_INPUT = InputConvention(channels="rgb", scale=255.0, mean=(128.0, 128.0, 128.0))
+# guosheng/refinenet publishes its models under the same terms.
+REFINENET_LICENCE = (
+    "RefineNet for non-commercial purposes (guosheng/refinenet LICENSE; BSD for academic use)"
+)
 
 
 def refinenet_state(parsed: DagNNFile, model: nn.Module) -> dict[str, Tensor]:

@@ -8,7 +8,7 @@ is in the zoo (docs/model-zoo.md).
 """
 
 from pixelwise.convert.release import Figure, InputConvention, Release
-from pixelwise.convert.releases._fcn import fcn32s_state
+from pixelwise.convert.releases._fcn import FCN_LICENCE, fcn32s_state
 
 RELEASE = Release(
     name="fcn32s-nyudv2-color",
@@ -24,7 +24,7 @@ RELEASE = Release(
     url="http://dl.caffe.berkeleyvision.org/nyud-fcn32s-color-heavy.caffemodel",
     sha256=None,
     size=None,
-    licence="BSD-2 (the repository's README: Caffe's licence; unrestricted use)",
+    licence=FCN_LICENCE,
     where=(
         "shelhamer/fcn.berkeleyvision.org nyud-fcn32s-color/caffemodel-url names "
         "http://dl.caffe.berkeleyvision.org/nyud-fcn32s-color-heavy.caffemodel; download it "

@@ -2,7 +2,7 @@
 ``voc-fcn8s/caffemodel-url``; trained on SBD train + VOC, "heavy" high-momentum online training)."""
 
 from pixelwise.convert.release import Figure, Release
-from pixelwise.convert.releases._fcn import FCN_VOC_INPUT, fcn8s_state
+from pixelwise.convert.releases._fcn import FCN_LICENCE, FCN_VOC_INPUT, fcn8s_state
 
 RELEASE = Release(
     name="fcn8s-voc",
@@ -17,7 +17,7 @@ RELEASE = Release(
     url="http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel",
     sha256=None,
     size=None,
-    licence="BSD-2 (the repository's README: Caffe's licence; unrestricted use)",
+    licence=FCN_LICENCE,
     where=(
         "shelhamer/fcn.berkeleyvision.org voc-fcn8s/caffemodel-url names "
         "http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel; download it there "

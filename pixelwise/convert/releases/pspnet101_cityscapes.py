@@ -1,7 +1,7 @@
 """PSPNet-101 on Cityscapes, the authors' Caffe release (hszhao/PSPNet README)."""
 
 from pixelwise.convert.release import Figure, Release
-from pixelwise.convert.releases._pspnet import PSPNET_INPUT, pspnet101_state
+from pixelwise.convert.releases._pspnet import PSPNET_INPUT, PSPNET_LICENCE, pspnet101_state
 
 RELEASE = Release(
     name="pspnet101-cityscapes",
@@ -16,7 +16,7 @@ RELEASE = Release(
     url=None,
     sha256=None,
     size=None,
-    licence="no licence of their own (the repository carries Caffe and DeepLab's BSD-style LICENSE)",
+    licence=PSPNET_LICENCE,
     where=(
         "hszhao/PSPNet's README links pspnet101_cityscapes.caffemodel on Google Drive (file id "
         "1-Me01pX1KUsut_7l6uJXkIbaBxxSVgX0); download it there and pass its path as --weights."

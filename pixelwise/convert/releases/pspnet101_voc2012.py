@@ -1,7 +1,7 @@
 """PSPNet-101 on PASCAL VOC 2012, the authors' Caffe release (hszhao/PSPNet README)."""
 
 from pixelwise.convert.release import Figure, Release
-from pixelwise.convert.releases._pspnet import PSPNET_INPUT, pspnet101_state
+from pixelwise.convert.releases._pspnet import PSPNET_INPUT, PSPNET_LICENCE, pspnet101_state
 
 RELEASE = Release(
     name="pspnet101-voc2012",
@@ -16,7 +16,7 @@ RELEASE = Release(
     url=None,
     sha256=None,
     size=None,
-    licence="no licence of their own (the repository carries Caffe and DeepLab's BSD-style LICENSE)",
+    licence=PSPNET_LICENCE,
     where=(
         "hszhao/PSPNet's README links pspnet101_VOC2012.caffemodel on Google Drive (file id "
         "1-jjYyRzbNEwsdQYP2UPJVy0ZV_yCVU2N); download it there and pass its path as --weights."

@@ -1,7 +1,7 @@
 """PSPNet-50 on ADE20K, the authors' Caffe release (hszhao/PSPNet README, "pspnet50_ADE20K")."""
 
 from pixelwise.convert.release import Figure, Release
-from pixelwise.convert.releases._pspnet import PSPNET_INPUT, pspnet50_state
+from pixelwise.convert.releases._pspnet import PSPNET_INPUT, PSPNET_LICENCE, pspnet50_state
 
 RELEASE = Release(
     name="pspnet50-ade20k",
@@ -16,7 +16,7 @@ RELEASE = Release(
     url=None,
     sha256=None,
     size=None,
-    licence="no licence of their own (the repository carries Caffe and DeepLab's BSD-style LICENSE)",
+    licence=PSPNET_LICENCE,
     where=(
         "hszhao/PSPNet's README links pspnet50_ADE20K.caffemodel on Google Drive (file id "
         "1SyCa_mEB-WiwvnqyBBBkWycS1zQDtDzW); download it there and pass its path as --weights."

@@ -5,7 +5,11 @@ module defines ``PENDING_RELEASE``, which the zoo does not collect.
 """
 
 from pixelwise.convert.release import Figure, Release
-from pixelwise.convert.releases._refinenet import REFINENET_INPUT, refinenet_state
+from pixelwise.convert.releases._refinenet import (
+    REFINENET_INPUT,
+    REFINENET_LICENCE,
+    refinenet_state,
+)
 
 PENDING_RELEASE = Release(
     name="refinenet101-cityscapes",
@@ -20,7 +24,7 @@ PENDING_RELEASE = Release(
     url=None,
     sha256=None,
     size=None,
-    licence="RefineNet for non-commercial purposes (guosheng/refinenet LICENSE; BSD for academic use)",
+    licence=REFINENET_LICENCE,
     where=(
         "guosheng/refinenet's README links its ResNet-101 models in the Google Drive folder "
         "https://drive.google.com/open?id=1U2c1N6QJdzB_8HBgXb7mJ6Qk66JDBHI9 (or Baidu Pan "
