@@ -299,6 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `pixelwise models | head`: the reader left. Point stdout at nothing so that Python's
+        # flush at exit does not raise again, and end quietly as `cat` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as error:
         # A file system refusal naming a path (permissions, a full disk, a file where a folder
         # should be) is the user's to fix; an OSError without a path is a bug and keeps its traceback.

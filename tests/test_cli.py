@@ -33,6 +33,16 @@ def test_a_real_subprocess_shows_no_traceback(tmp_path):
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_listing_piped_into_a_reader_that_leaves_ends_quietly():
+    # `pixelwise models --zoo | head -1`: the pipe closes after the first line.
+    result = subprocess.run(
+        f"{sys.executable} -m pixelwise.cli models --zoo | head -1",
+        shell=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.stdout.startswith("zoo name")
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+
+
 def test_models_and_datasets_listings(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
