@@ -281,6 +281,7 @@ def _table_keys(table) -> set[str]:
 
 
 def test_every_caffe_table_fills_its_network_exactly():
+    from pixelwise.convert.releases._decouplednet import decouplednet_table
     from pixelwise.convert.releases._fcn import fcn_table
     from pixelwise.convert.releases._pspnet import pspnet_table
     from pixelwise.convert.releases.gfrnet_camvid import gfrnet_table
@@ -296,6 +297,11 @@ def test_every_caffe_table_fills_its_network_exactly():
         "fcn8s-voc": fcn_table("fcn8s"),
         "fcn32s-nyudv2-color": fcn_table("fcn32s"),
         "segnet-basic-camvid": segnet_basic_table(),
+        # The four DecoupledNet files share one layout (tests/test_convert_decouplednet.py).
+        **{
+            f"decouplednet-{n}-voc": decouplednet_table()
+            for n in ("full", "25anno", "10anno", "5anno")
+        },
     }
     caffe_releases = {n for n, r in releases().items() if r.format == "caffe"}
     assert caffe_releases == set(tables)

@@ -19,7 +19,9 @@ parameters), for a release whose weights alone do not say how the net is wired.
 The Caffe layer semantics a mapping needs are here too, each on hand-checked numbers in
 tests/test_convert_caffe.py: PSPNet's 4-blob ``BN`` (:func:`bn4_to_state`), BVLC ``BatchNorm``
 with its moving-average factor plus ``Scale`` (:func:`batchnorm_to_state`), ``Convolution`` and
-``Deconvolution`` weights (:func:`conv_to_state`), and :func:`caffe_pool_size`.
+``Deconvolution`` weights (:func:`conv_to_state`), and :func:`caffe_pool_size`; in
+tests/test_convert_decouplednet.py, a stride-1 ``Deconvolution`` read as a convolution
+(:func:`deconv_as_conv_to_state`).
 """
 
 from __future__ import annotations
@@ -45,9 +47,14 @@ V1_TYPES: dict[int, str] = {
     14: "InnerProduct",
     17: "Pooling",
     18: "ReLU",
+    19: "Sigmoid",
     20: "Softmax",
     25: "Eltwise",
     39: "Deconvolution",
+    # HyeonwooNoh/caffe (DeconvNet's and DecoupledNet's fork) adds these two to the enum; BVLC's
+    # V1 enum ends at 39, so no other file gives them another meaning.
+    42: "Unpooling",
+    43: "BN",
 }
 
 _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
@@ -264,10 +271,11 @@ def encode_blob(
         shape = b"".join(_encode_varint(d) for d in array.shape)
         out += _bytes_field(7, _bytes_field(1, shape))
     flat = array.reshape(-1)
-    if double:
-        out += _bytes_field(8, flat.astype("<f8").tobytes())
-    elif packed:
-        out += _bytes_field(5, flat.astype("<f4").tobytes())
+    if double or packed:
+        # Appended from the array's buffer: one copy of the values (files reach gigabytes).
+        values = np.ascontiguousarray(flat, dtype="<f8" if double else "<f4")
+        out += _key(8 if double else 5, _BYTES) + _encode_varint(values.nbytes)
+        out += values.data.cast("B")
     else:
         key = _key(5, _FIXED32)
         out += b"".join(key + struct.pack("<f", float(v)) for v in flat)
@@ -287,20 +295,22 @@ def encode_net(
     v1_codes = {kind: code for code, kind in V1_TYPES.items()}
     out = bytearray(_bytes_field(1, name.encode()) if name else b"")
     for layer in layers:
-        blobs = b"".join(
-            _bytes_field(
-                6 if v1 else 7,
-                encode_blob(b, legacy_shape=legacy_shape, packed=packed, double=double),
-            )
+        blobs = [
+            encode_blob(b, legacy_shape=legacy_shape, packed=packed, double=double)
             for b in layer.blobs
-        )
+        ]
         if v1:
-            body = _bytes_field(4, layer.name.encode())
-            body += _key(5, _VARINT) + _encode_varint(v1_codes[layer.type]) + blobs
-            out += _bytes_field(2, body)
+            head = _bytes_field(4, layer.name.encode())
+            head += _key(5, _VARINT) + _encode_varint(v1_codes[layer.type])
         else:
-            body = _bytes_field(1, layer.name.encode()) + _bytes_field(2, layer.type.encode())
-            out += _bytes_field(100, body + blobs)
+            head = _bytes_field(1, layer.name.encode()) + _bytes_field(2, layer.type.encode())
+        # The layer's length first, then its fields appended in place (no nested copies).
+        prefixes = [_key(6 if v1 else 7, _BYTES) + _encode_varint(len(b)) for b in blobs]
+        length = len(head) + sum(len(p) + len(b) for p, b in zip(prefixes, blobs, strict=True))
+        out += _key(2 if v1 else 100, _BYTES) + _encode_varint(length) + head
+        for prefix, blob in zip(prefixes, blobs, strict=True):
+            out += prefix
+            out += blob
     return bytes(out)
 
 
@@ -440,6 +450,16 @@ def conv_to_state(
     return state
 
 
+def deconv_as_conv_to_state(layer: CaffeLayer, prefix: str, *, bias: bool) -> dict[str, Tensor]:
+    """A stride-1 ``Deconvolution`` (in, out, kh, kw) -> the ``Conv2d`` computing the same map
+    (padding unchanged): the kernel flipped in both spatial axes and its in/out axes swapped,
+    ``weight.transpose(0, 1).flip(2, 3)`` (pixelwise writes DecoupledNet's 3x3 deconvolutions as
+    convolutions)."""
+    state = conv_to_state(layer, prefix, bias=bias)
+    state[f"{prefix}.weight"] = state[f"{prefix}.weight"].transpose(0, 1).flip(2, 3).contiguous()
+    return state
+
+
 def bn4_to_state(layer: CaffeLayer, prefix: str) -> dict[str, Tensor]:
     """PSPNet's Caffe ``BN`` (hszhao/PSPNet ``src/caffe/layers/bn_layer.cpp``): four blobs,
     slope, bias, moving mean, moving variance, each 1 x C x 1 x 1, y = slope (x - mean) /
@@ -453,7 +473,9 @@ def bn4_to_state(layer: CaffeLayer, prefix: str) -> dict[str, Tensor]:
 def folded_bn_to_state(layer: CaffeLayer, prefix: str, eps: float = 1e-5) -> dict[str, Tensor]:
     """caffe-segnet's ``BN`` in ``bn_mode: INFERENCE`` (alexgkendall/caffe-segnet
     ``src/caffe/layers/bn_layer.cpp``): two blobs, y = scale x + shift, the statistics already
-    folded in by SegNet-Tutorial's ``Scripts/compute_bn_statistics.py`` -> BatchNorm2d with
+    folded in by SegNet-Tutorial's ``Scripts/compute_bn_statistics.py`` (HyeonwooNoh/caffe's
+    ``BN`` in that mode is the same function, folded by DecoupledNet's
+    ``BN_make_INFERENCE_script.py``) -> BatchNorm2d with
     weight = scale, bias = shift, running mean 0 and running variance 1 - eps (so that
     1 / sqrt(var + eps) is 1)."""
     _check(layer, 2, f"{prefix} (an inference-mode BN)")
@@ -499,8 +521,9 @@ def _bn_state(prefix: str, weight: Tensor, bias: Tensor, mean: Tensor, var: Tens
 @dataclass(frozen=True)
 class LayerMap:
     """One Caffe layer and the module it fills. ``kind``: "conv" (Convolution, with ``bias``),
-    "deconv" (Deconvolution), "bn4" (PSPNet's BN), "bn_folded" (caffe-segnet's inference BN).
-    ``reverse_input``: the first convolution of a
+    "deconv" (Deconvolution), "deconv_as_conv" (a stride-1 Deconvolution filling a
+    Conv2d), "bn4" (PSPNet's BN), "bn_folded" (caffe-segnet's or HyeonwooNoh/caffe's inference
+    BN). ``reverse_input``: the first convolution of a
     BGR release."""
 
     caffe: str
@@ -523,6 +546,8 @@ def state_from_table(net: CaffeNet, table: Sequence[LayerMap]) -> dict[str, Tens
             state |= bn4_to_state(layer, entry.module)
         elif entry.kind == "bn_folded":
             state |= folded_bn_to_state(layer, entry.module)
+        elif entry.kind == "deconv_as_conv":
+            state |= deconv_as_conv_to_state(layer, entry.module, bias=entry.bias)
         else:
             state |= conv_to_state(
                 layer, entry.module, bias=entry.bias, reverse_input=entry.reverse_input
@@ -547,10 +572,12 @@ def layers_from_state(state: Mapping[str, Tensor], table: Sequence[LayerMap]) ->
             weight = state[f"{entry.module}.weight"]
             if entry.reverse_input:
                 weight = weight.flip(1)
+            if entry.kind == "deconv_as_conv":
+                weight = weight.flip(2, 3).transpose(0, 1)
             blobs = [weight]
             if entry.bias:
                 blobs.append(state[f"{entry.module}.bias"])
-            kind = "Deconvolution" if entry.kind == "deconv" else "Convolution"
+            kind = "Convolution" if entry.kind == "conv" else "Deconvolution"
         arrays = [b.detach().cpu().float().numpy() for b in blobs]
         if entry.kind == "bn_folded":
             arrays = [a.reshape(1, -1, 1, 1) for a in arrays]

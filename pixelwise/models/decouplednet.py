@@ -51,6 +51,11 @@ docs/models.md. The released nets run at 320x320 (pool5 10x10, score map 4x4):
   classifier does not detect gets :data:`UNDETECTED_LOGIT` (-1e4, finite so averaging stays
   finite) and so never wins a pixel.
 
+The authors' four Caffe files convert exactly (zoo releases ``decouplednet-full-voc`` and
+``decouplednet-{25,10,5}anno-voc``, :mod:`pixelwise.convert.releases._decouplednet`): their
+``*-bp`` layers are copies of the classifier's weights, which this network reuses, and their 3x3
+deconvolutions load as the convolutions the decoder writes.
+
 Any input size runs as the release's inference does: zero-padded at the bottom/right to a square,
 resized bilinearly to ``input_size`` (the fixed unpooling sizes need it), and the output resized
 back and cropped, so the maps come out at the input's size.
