@@ -231,8 +231,9 @@ def test_wrong_blob_count_is_a_mapping_error():
 # -- the releases ----------------------------------------------------------------------------------
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights with BN statistics away from 0/1 and logits of order 1."""
+def _randomise(model: nn.Module, seed: int = 0, gain: float = 1.0) -> nn.Module:
+    """Random weights with BN statistics away from 0/1 and logits of order 1; ``gain`` 2 is He's
+    scale, which keeps activations alive through a deep plain (un-normalised) stack."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -241,9 +242,12 @@ def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.bias.uniform_(-0.2, 0.2, generator=generator)
                 module.running_mean.uniform_(-0.2, 0.2, generator=generator)
                 module.running_var.uniform_(0.5, 1.5, generator=generator)
+                module.num_batches_tracked.zero_()
             elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
                 fan_in = module.weight[0].numel()
-                module.weight.normal_(0, math.sqrt(1.0 / fan_in), generator=generator)
+                if isinstance(module, nn.ConvTranspose2d):  # weight is (in, out, kh, kw)
+                    fan_in = module.weight.shape[0] * module.weight[0, 0].numel()
+                module.weight.normal_(0, math.sqrt(gain / fan_in), generator=generator)
                 if module.bias is not None:
                     module.bias.uniform_(-0.1, 0.1, generator=generator)
     return model.eval()

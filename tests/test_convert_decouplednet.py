@@ -9,7 +9,6 @@ classifier's weights, and every ``BN`` as its inference-mode scale and shift.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from pixelwise.convert.zoo import get_release, releases
 from pixelwise.engine.model_io import load_model
 from pixelwise.errors import PixelwiseError
 from pixelwise.models import build_model
+from tests.test_convert_caffe import _randomise
 
 NAMES = (
     "decouplednet-full-voc",
@@ -112,21 +112,8 @@ def random_model(model_options: dict, seed: int = 0) -> nn.Module:
     with torch.device("meta"):
         model = build_model("decouplednet", 21, **model_options)
     model.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(seed)
+    _randomise(model, seed, gain=2.0)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.uniform_(-0.2, 0.2, generator=generator)
-                module.running_mean.uniform_(-0.2, 0.2, generator=generator)
-                module.running_var.uniform_(0.5, 1.5, generator=generator)
-                module.num_batches_tracked.zero_()
-            elif isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
-                fan_in = module.weight[0].numel()
-                if isinstance(module, nn.ConvTranspose2d):
-                    fan_in = module.weight.shape[0] * module.weight[0, 0].numel()
-                module.weight.normal_(0, math.sqrt(2.0 / fan_in), generator=generator)
-                module.bias.uniform_(-0.1, 0.1, generator=generator)
         model.cls_score.weight.mul_(0.3)
         model.cls_score.bias.fill_(-8.0)
         model.cls_score.bias[list(DETECTED)] = 8.0
