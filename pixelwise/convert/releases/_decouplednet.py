@@ -36,12 +36,11 @@ from __future__ import annotations
 import numpy as np
 
 from pixelwise.convert.caffe import CaffeNet, LayerMap, MappingError, state_from_table
-from pixelwise.convert.release import Figure, InputConvention, Release
-from pixelwise.convert.releases._fcn import fcn_table
+from pixelwise.convert.release import Figure, Release
+from pixelwise.convert.releases._fcn import FCN_VOC_INPUT, fcn_table
 
-DECOUPLEDNET_INPUT = InputConvention(
-    channels="bgr", scale=255.0, mean=(104.00698793, 116.66876762, 122.67891434)
-)
+# VGG16's Caffe mean, the same as FCN's VOC releases (DecoupledNet starts from FCN's VGG16).
+DECOUPLEDNET_INPUT = FCN_VOC_INPUT
 DECOUPLEDNET_LICENCE = (
     "individual research use only (HyeonwooNoh/DecoupledNet LICENSE, Copyright POSTECH; "
     "commercial use or redistribution needs their licence)"
@@ -154,10 +153,4 @@ def readme_figure(value: float) -> Figure:
     """A VOC 2012 test mIoU of the repository's README (``Inference`` section)."""
     return Figure(
         "release", "mIoU", value, "VOC2012", "test", "320x320 (padded square)", "single-scale"
-    )
-
-
-def paper_figure(value: float) -> Figure:
-    return Figure(
-        "paper", "mIoU", value, "VOC2012", "test", "320x320 (padded square)", "single-scale"
     )

@@ -2,11 +2,7 @@
 class labels), the authors' Caffe release (HyeonwooNoh/DecoupledNet
 ``model/DecoupledNet_5_anno/``; layout and input in :mod:`pixelwise.convert.releases._decouplednet`)."""
 
-from pixelwise.convert.releases._decouplednet import (
-    decouplednet_release,
-    paper_figure,
-    readme_figure,
-)
+from pixelwise.convert.releases._decouplednet import decouplednet_release, readme_figure
 
-# README, "DecoupledNet Inference", and the paper's VOC 2012 test table: 54.7 mean I/U.
-RELEASE = decouplednet_release("5", (readme_figure(54.7), paper_figure(54.7)))
+# README, "DecoupledNet Inference": 54.7 mean I/U on PASCAL VOC 2012 test.
+RELEASE = decouplednet_release("5", (readme_figure(54.7),))
